@@ -1,0 +1,676 @@
+"""``Analytics``: the client.  It composes the pure core with a transport; it starts no thread.
+
+A call builds and validates its message (raising at the call site for programmer errors),
+queues its encoded bytes and, when ``flush_at`` messages are queued (1 by default), sends them
+before returning.  Delivery failures come back as values (``CallResult``, ``FlushResult``) and
+go to the hooks; they are never raised into the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from . import batching
+from ._version import __version__
+from .errors import (
+    ClientClosedError,
+    ConfigurationError,
+    DeadlineExceededError,
+    DeliveryError,
+    HTTPStatusError,
+    InvalidTypeError,
+    TransportError,
+)
+from .messages import JSONDict, build_message, encode_message, format_timestamp
+from .retry import RetryPolicy
+from .transport import Response, Transport, Urllib3Transport
+
+logger = logging.getLogger("lambda_analytics")
+
+REGIONS: Final[Mapping[str, str]] = {
+    "us": "https://api.segment.io",
+    "eu": "https://events.eu1.segmentapis.com",
+}
+USER_AGENT: Final = f"lambda_analytics/{__version__}"
+
+Middleware = Callable[[JSONDict], "JSONDict | None"]
+MessageCallback = Callable[["DeliveryError | None", JSONDict], None]
+ErrorHook = Callable[[DeliveryError, list[JSONDict]], None]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The outcome of one call.
+
+    ``delivered`` is true once the server accepted the message; ``queued`` means it waits for a
+    later flush (``flush_at`` > 1); ``error`` says why it was not delivered; ``dropped`` means
+    middleware discarded it.
+    """
+
+    message_id: str
+    delivered: bool = False
+    queued: bool = False
+    error: DeliveryError | None = None
+    dropped: bool = False
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What a flush did: counts, the wire-format messages that failed, and why."""
+
+    sent: int = 0
+    failed: int = 0
+    failed_messages: tuple[JSONDict, ...] = ()
+    errors: tuple[DeliveryError, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return self.failed == 0
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """One HTTP attempt, for the ``on_request`` hook.  The Authorization header is redacted."""
+
+    url: str
+    headers: Mapping[str, str]
+    body_bytes: int
+    message_count: int
+    attempt: int
+    duration: float
+    status: int | None = None
+    response_headers: Mapping[str, str] = field(default_factory=dict)
+    error: DeliveryError | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters since the client was created."""
+
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    """Discarded by middleware."""
+    disabled: int = 0
+    """Validated but not sent because ``disable=True``."""
+    after_close: int = 0
+    queued: int = 0
+
+
+@dataclass(slots=True)
+class _Queued:
+    data: bytes
+    message_id: str
+    callback: MessageCallback | None
+    enqueued_at: float
+
+
+@dataclass
+class _Outcome:
+    sent: list[_Queued] = field(default_factory=list)
+    failures: list[tuple[DeliveryError, list[_Queued]]] = field(default_factory=list)
+
+    def result(self) -> FlushResult:
+        failed = [json.loads(item.data) for _, items in self.failures for item in items]
+        return FlushResult(
+            sent=len(self.sent),
+            failed=len(failed),
+            failed_messages=tuple(failed),
+            errors=tuple(error for error, _ in self.failures),
+        )
+
+    def error_for(self, item: _Queued) -> DeliveryError | None:
+        for error, items in self.failures:
+            if any(i is item for i in items):
+                return error
+        return None
+
+
+_clients: weakref.WeakSet[Analytics] = weakref.WeakSet()
+
+
+class Analytics:
+    """A synchronous client for a Segment-compatible ``/v1/batch`` endpoint.
+
+    With the default ``flush_at=1`` every call is delivered before it returns.  Raise
+    ``flush_at`` to batch (up to 2,500 messages and 500 KB a request); then call
+    :meth:`flush` or :meth:`close` before the process or invocation ends.  Safe to share
+    between threads; a forked child starts with an empty queue and fresh connections.
+    """
+
+    def __init__(
+        self,
+        write_key: str | None = None,
+        *,
+        host: str | None = None,
+        region: str = "us",
+        path: str = "/v1/batch",
+        flush_at: int = 1,
+        flush_interval: float = 10.0,
+        max_queue_size: int = 10_000,
+        gzip: bool = False,
+        timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+        retry: RetryPolicy | None = None,
+        on_error: ErrorHook | None = None,
+        on_request: Callable[[RequestInfo], None] | None = None,
+        on_call_after_close: Callable[[JSONDict], None] | None = None,
+        disable: bool = False,
+        transport: Transport | None = None,
+        proxy: str | None = None,
+        verify: bool = True,
+        ca_certs: str | None = None,
+    ) -> None:
+        if not write_key and not disable:
+            raise ConfigurationError("write_key is required (or pass disable=True)")
+        if write_key is not None and not isinstance(write_key, str):
+            raise ConfigurationError("write_key must be a string")
+        if region not in REGIONS:
+            raise ConfigurationError(f"region must be one of {', '.join(REGIONS)}: {region!r}")
+        if flush_at < 1 or max_queue_size < 1:
+            raise ConfigurationError("flush_at and max_queue_size must be at least 1")
+        if flush_interval <= 0 or timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("flush_interval and timeouts must be positive")
+        self._write_key = write_key or ""
+        base = (host or REGIONS[region]).rstrip("/")
+        if "://" not in base:
+            base = "https://" + base
+        self.url: str = base + "/" + path.lstrip("/")
+        """Where batches are POSTed."""
+        self.flush_at = min(flush_at, batching.MAX_BATCH_MESSAGES)
+        self.flush_interval = flush_interval
+        self.max_queue_size = max_queue_size
+        self.gzip = gzip
+        self.retry = retry or RetryPolicy()
+        self.disable = disable
+        self.on_error = on_error
+        self.on_request = on_request
+        self.on_call_after_close = on_call_after_close
+        self._envelope = batching.Envelope(write_key or None)
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "Authorization": "Basic " + base64.b64encode(f"{self._write_key}:".encode()).decode(),
+        }
+        if gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        if transport is None and not disable:
+            transport = Urllib3Transport(
+                read_timeout=timeout,
+                connect_timeout=connect_timeout,
+                proxy=proxy,
+                verify=verify,
+                ca_certs=ca_certs,
+            )
+        self._transport = transport
+        self._middleware: list[Middleware] = []
+        self._lock = threading.RLock()
+        self._queue: list[_Queued] = []
+        self._queued_bytes = 0
+        self._closed = False
+        self._deadline: float | None = None
+        self._counts = {"sent": 0, "failed": 0, "dropped": 0, "disabled": 0, "after_close": 0}
+        _clients.add(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Analytics(url={self.url!r}, flush_at={self.flush_at}, "
+            f"queued={len(self._queue)}, closed={self._closed}, write_key=<redacted>)"
+        )
+
+    # -- the six calls ----------------------------------------------------------------------
+
+    def identify(
+        self,
+        *,
+        user_id: str | int | None = None,
+        anonymous_id: str | int | None = None,
+        traits: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        timestamp: _dt.datetime | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        callback: MessageCallback | None = None,
+    ) -> CallResult:
+        """Tie a user to their traits (``plan``, ``email``...)."""
+        return self._call(
+            "identify", {"traits": traits}, user_id, anonymous_id, context, timestamp,
+            integrations, message_id, callback,
+        )  # fmt: skip
+
+    def track(
+        self,
+        *,
+        event: str,
+        user_id: str | int | None = None,
+        anonymous_id: str | int | None = None,
+        properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        timestamp: _dt.datetime | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        callback: MessageCallback | None = None,
+    ) -> CallResult:
+        """Record that a user did something (``event``, e.g. ``"Order Completed"``)."""
+        return self._call(
+            "track", {"event": event, "properties": properties}, user_id, anonymous_id,
+            context, timestamp, integrations, message_id, callback,
+        )  # fmt: skip
+
+    def page(
+        self,
+        *,
+        user_id: str | int | None = None,
+        anonymous_id: str | int | None = None,
+        name: str | None = None,
+        category: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        timestamp: _dt.datetime | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        callback: MessageCallback | None = None,
+    ) -> CallResult:
+        """Record a page view of a website."""
+        return self._call(
+            "page", {"name": name, "category": category, "properties": properties}, user_id,
+            anonymous_id, context, timestamp, integrations, message_id, callback,
+        )  # fmt: skip
+
+    def screen(
+        self,
+        *,
+        user_id: str | int | None = None,
+        anonymous_id: str | int | None = None,
+        name: str | None = None,
+        category: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        timestamp: _dt.datetime | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        callback: MessageCallback | None = None,
+    ) -> CallResult:
+        """Record a screen view of a mobile or desktop app."""
+        return self._call(
+            "screen", {"name": name, "category": category, "properties": properties}, user_id,
+            anonymous_id, context, timestamp, integrations, message_id, callback,
+        )  # fmt: skip
+
+    def group(
+        self,
+        *,
+        group_id: str | int,
+        user_id: str | int | None = None,
+        anonymous_id: str | int | None = None,
+        traits: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        timestamp: _dt.datetime | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        callback: MessageCallback | None = None,
+    ) -> CallResult:
+        """Associate a user with a group (a company, an account), with the group's traits."""
+        return self._call(
+            "group", {"groupId": group_id, "traits": traits}, user_id, anonymous_id, context,
+            timestamp, integrations, message_id, callback,
+        )  # fmt: skip
+
+    def alias(
+        self,
+        *,
+        user_id: str | int,
+        previous_id: str | int,
+        context: Mapping[str, Any] | None = None,
+        timestamp: _dt.datetime | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        callback: MessageCallback | None = None,
+    ) -> CallResult:
+        """Merge a previous identity (often an anonymous id) into ``user_id``."""
+        return self._call(
+            "alias", {"previousId": previous_id}, user_id, None, context, timestamp,
+            integrations, message_id, callback,
+        )  # fmt: skip
+
+    # -- flushing ---------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Send everything queued; return within ``timeout`` seconds (and any active deadline).
+
+        Retries and their backoff sleeps stay inside the deadline; what cannot be sent in
+        time is reported as failed (``on_error``, callbacks, and the result), never raised.
+        """
+        with self._lock:
+            outcome = self._flush_locked(self._deadline_after(timeout))
+        self._report(outcome)
+        return outcome.result()
+
+    def close(self, timeout: float | None = None) -> FlushResult:
+        """Flush, then refuse new calls: they are reported to ``on_call_after_close``, not sent."""
+        with self._lock:
+            outcome = self._flush_locked(self._deadline_after(timeout))
+            self._closed = True
+            if self._transport is not None:
+                self._transport.close()
+        self._report(outcome)
+        return outcome.result()
+
+    def __enter__(self) -> Analytics:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float | None) -> Iterator[None]:
+        """Within this block every send, retry and backoff ends within ``seconds`` from now.
+
+        Blocks nest; the earliest deadline wins.  ``None`` adds no limit.
+        """
+        with self._lock:
+            previous = self._deadline
+            self._deadline = self._deadline_after(seconds)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deadline = previous
+
+    # -- middleware and introspection -------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware(message)`` on every message before it is queued.
+
+        It returns the message (changed or not), or ``None`` to drop it.  Middleware runs in
+        the order it was added, on the wire-format dict (``userId``, ``properties``...).
+        """
+        with self._lock:
+            self._middleware.append(middleware)
+
+    def remove_middleware(self, middleware: Middleware) -> None:
+        """Stop running ``middleware``; a ValueError if it was not added."""
+        with self._lock:
+            self._middleware.remove(middleware)
+
+    @property
+    def stats(self) -> Stats:
+        """Counters of what this client sent, failed, dropped and queued."""
+        with self._lock:
+            return Stats(**self._counts, queued=len(self._queue))
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _call(
+        self,
+        kind: str,
+        fields: Mapping[str, object],
+        user_id: object,
+        anonymous_id: object,
+        context: object,
+        timestamp: object,
+        integrations: object,
+        message_id: object,
+        callback: MessageCallback | None,
+    ) -> CallResult:
+        built = build_message(
+            kind,
+            fields,
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+            context=context,
+            integrations=integrations,
+            timestamp=timestamp,
+            message_id=message_id,
+            now=_dt.datetime.now(_dt.timezone.utc),
+            new_id=_new_id,
+        )
+        mid: str = built["messageId"]
+        message = built
+        for middleware in tuple(self._middleware):
+            changed = middleware(message)
+            if changed is None:
+                with self._lock:
+                    self._counts["dropped"] += 1
+                return CallResult(mid, dropped=True)
+            if not isinstance(changed, dict):
+                raise InvalidTypeError("middleware", f"returned a {type(changed).__name__}")
+            message = changed
+        data = encode_message(message)
+        mid = message.get("messageId", mid)
+
+        if self._closed:
+            return self._after_close(mid, message, callback)
+        if self.disable:
+            with self._lock:
+                self._counts["disabled"] += 1
+            return CallResult(mid)
+
+        item = _Queued(data, mid, callback, time.monotonic())
+        outcome: _Outcome | None = None
+        with self._lock:
+            if len(self._queue) >= self.max_queue_size:
+                outcome = self._flush_locked(self._deadline)
+            self._queue.append(item)
+            self._queued_bytes += len(data)
+            if self._due():
+                more = self._flush_locked(self._deadline)
+                outcome = more if outcome is None else _merge(outcome, more)
+        if outcome is None:
+            return CallResult(mid, queued=True)
+        self._report(outcome)
+        error = outcome.error_for(item)
+        return CallResult(mid, delivered=error is None, error=error)
+
+    def _due(self) -> bool:
+        queue = self._queue
+        return (
+            len(queue) >= self.flush_at
+            or self._envelope.size(len(queue), self._queued_bytes) > batching.MAX_BATCH_BYTES
+            or time.monotonic() - queue[0].enqueued_at >= self.flush_interval
+        )
+
+    def _deadline_after(self, timeout: float | None) -> float | None:
+        if timeout is None:
+            return self._deadline
+        mine = time.monotonic() + timeout
+        return mine if self._deadline is None else min(mine, self._deadline)
+
+    def _flush_locked(self, deadline: float | None) -> _Outcome:
+        outcome = _Outcome()
+        items, self._queue, self._queued_bytes = self._queue, [], 0
+        if not items:
+            return outcome
+        if self._transport is None:  # disabled after messages were queued
+            outcome.sent.extend(items)
+            return outcome
+        for span in batching.split([len(i.data) for i in items], self._envelope):
+            chunk = items[span.start : span.stop]
+            error = self._send([i.data for i in chunk], deadline)
+            if error is None:
+                outcome.sent.extend(chunk)
+            else:
+                outcome.failures.append((error, chunk))
+        self._counts["sent"] += len(outcome.sent)
+        self._counts["failed"] += sum(len(items) for _, items in outcome.failures)
+        return outcome
+
+    def _send(self, messages: Sequence[bytes], deadline: float | None) -> DeliveryError | None:
+        """Deliver one batch, retrying as the policy says; the error if it failed."""
+        assert self._transport is not None
+        policy = self.retry
+        attempts = 0
+        error: DeliveryError | None = None
+        while True:
+            now = time.monotonic()
+            remaining = None if deadline is None else deadline - now
+            if remaining is not None and remaining < policy.min_attempt_time:
+                return _deadline_error(error)
+            sent_at = format_timestamp(_dt.datetime.now(_dt.timezone.utc))
+            body = self._envelope.encode(messages, sent_at, gzip=self.gzip)
+            headers = self._headers
+            if attempts:
+                headers = {**headers, "X-Retry-Count": str(attempts)}
+            attempts += 1
+            response: Response | None = None
+            try:
+                response = self._transport.send(self.url, body, headers, remaining)
+            except TransportError as exc:
+                error = exc
+            else:
+                error = None if 200 <= response.status < 300 else self._status_error(response)
+            self._observe(headers, body, len(messages), attempts, now, response, error)
+            if error is None:
+                return None
+            decision = policy.decide(
+                attempts=attempts,
+                status=None if response is None else response.status,
+                retry_after=None if response is None else response.headers.get("retry-after"),
+                now=time.monotonic(),
+                deadline=deadline,
+                wall_now=time.time(),
+                random=_random(),
+            )
+            if not decision.retry:
+                if decision.reason.startswith("the deadline"):
+                    return _deadline_error(error)
+                return error
+            logger.debug("retrying in %.3fs after: %s", decision.delay, error)
+            time.sleep(decision.delay)
+
+    def _status_error(self, response: Response) -> HTTPStatusError:
+        reason = response.body[:300].decode("utf-8", "replace").strip()
+        if 300 <= response.status < 400:
+            reason = f"redirect to {response.headers.get('location', '?')} not followed"
+        return HTTPStatusError(response.status, self._redact(reason))
+
+    def _redact(self, text: str) -> str:
+        if self._write_key and self._write_key in text:
+            text = text.replace(self._write_key, "<redacted>")
+        return text
+
+    def _observe(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        count: int,
+        attempt: int,
+        started: float,
+        response: Response | None,
+        error: DeliveryError | None,
+    ) -> None:
+        duration = time.monotonic() - started
+        status = None if response is None else response.status
+        logger.debug(
+            "POST %s: %d messages, %d bytes, attempt %d -> %s in %.1f ms",
+            self.url, count, len(body), attempt, status or error, duration * 1000,
+        )  # fmt: skip
+        hook = self.on_request
+        if hook is None:
+            return
+        info = RequestInfo(
+            url=self.url,
+            headers={**headers, "Authorization": "<redacted>"},
+            body_bytes=len(body),
+            message_count=count,
+            attempt=attempt,
+            duration=duration,
+            status=status,
+            response_headers={} if response is None else dict(response.headers),
+            error=error,
+        )
+        _safely(hook, info)
+
+    def _after_close(
+        self, mid: str, message: JSONDict, callback: MessageCallback | None
+    ) -> CallResult:
+        error = ClientClosedError("the client is closed: this call was not sent")
+        with self._lock:
+            self._counts["after_close"] += 1
+        if self.on_call_after_close is not None:
+            _safely(self.on_call_after_close, message)
+        else:
+            logger.warning("call after close(): %s %s not sent", message["type"], mid)
+            if self.on_error is not None:
+                _safely(self.on_error, error, [message])
+        if callback is not None:
+            _safely(callback, error, message)
+        return CallResult(mid, error=error)
+
+    def _report(self, outcome: _Outcome) -> None:
+        """Run callbacks and hooks outside the lock, so they may call the client again."""
+        for item in outcome.sent:
+            if item.callback is not None:
+                _safely(item.callback, None, json.loads(item.data))
+        for error, items in outcome.failures:
+            messages = [json.loads(item.data) for item in items]
+            logger.warning("%d messages not delivered: %s", len(messages), error)
+            if self.on_error is not None:
+                _safely(self.on_error, error, messages)
+            for item, message in zip(items, messages, strict=True):
+                if item.callback is not None:
+                    _safely(item.callback, error, message)
+
+    def _after_fork(self) -> None:
+        # The parent still holds (and will send) what was queued; the child starts empty,
+        # with a lock nobody holds and connections of its own.
+        self._lock = threading.RLock()
+        self._queue, self._queued_bytes = [], 0
+        if self._transport is not None:
+            self._transport.reset()
+
+
+def _merge(first: _Outcome, second: _Outcome) -> _Outcome:
+    return _Outcome(first.sent + second.sent, first.failures + second.failures)
+
+
+def _deadline_error(cause: DeliveryError | None) -> DeadlineExceededError:
+    detail = f" (last attempt: {cause})" if cause is not None else ""
+    error = DeadlineExceededError(f"the deadline left no time to send{detail}")
+    error.__cause__ = cause
+    return error
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _random() -> float:
+    # os.urandom rather than the random module: nothing to reseed after a fork or a
+    # SnapStart restore, and nothing drawn at import time (refused on Cloudflare Workers).
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
+
+
+def _safely(hook: Callable[..., object], *args: Any) -> None:
+    """Call a user hook; its exception is logged, never raised into the caller's code."""
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("lambda_analytics hook %r raised", hook)
+
+
+def _reset_clients_after_fork() -> None:
+    for client in list(_clients):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_clients_after_fork)
