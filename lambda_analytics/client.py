@@ -465,28 +465,29 @@ class Analytics:
             return CallResult(mid)
 
         item = _Queued(data, mid, callback, time.monotonic())
-        outcome: _Outcome | None = None
+        earlier = mine = None
         with self._lock:
-            if len(self._queue) >= self.max_queue_size:
-                outcome = self._flush_locked(self._deadline)
+            queue = self._queue
+            if queue and (
+                len(queue) >= self.max_queue_size
+                or self._envelope.size(len(queue) + 1, self._queued_bytes + len(data))
+                > batching.MAX_BATCH_BYTES
+            ):
+                # Send what is queued first rather than drop anything or overfill a batch.
+                earlier = self._flush_locked(self._deadline)
             self._queue.append(item)
             self._queued_bytes += len(data)
-            if self._due():
-                more = self._flush_locked(self._deadline)
-                outcome = more if outcome is None else _merge(outcome, more)
-        if outcome is None:
+            if len(self._queue) >= self.flush_at or (
+                time.monotonic() - self._queue[0].enqueued_at >= self.flush_interval
+            ):
+                mine = self._flush_locked(self._deadline)
+        if earlier is not None:
+            self._report(earlier)
+        if mine is None:
             return CallResult(mid, queued=True)
-        self._report(outcome)
-        error = outcome.error_for(item)
+        self._report(mine)
+        error = mine.error_for(item)
         return CallResult(mid, delivered=error is None, error=error)
-
-    def _due(self) -> bool:
-        queue = self._queue
-        return (
-            len(queue) >= self.flush_at
-            or self._envelope.size(len(queue), self._queued_bytes) > batching.MAX_BATCH_BYTES
-            or time.monotonic() - queue[0].enqueued_at >= self.flush_interval
-        )
 
     def _deadline_after(self, timeout: float | None) -> float | None:
         if timeout is None:
@@ -636,10 +637,6 @@ class Analytics:
         self._queue, self._queued_bytes = [], 0
         if self._transport is not None:
             self._transport.reset()
-
-
-def _merge(first: _Outcome, second: _Outcome) -> _Outcome:
-    return _Outcome(first.sent + second.sent, first.failures + second.failures)
 
 
 def _deadline_error(cause: DeliveryError | None) -> DeadlineExceededError:
