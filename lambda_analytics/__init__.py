@@ -35,6 +35,7 @@ from .errors import (
     ValidationError,
 )
 from .retry import RetryPolicy
+from .serverless import with_analytics
 from .transport import Response, Transport, Urllib3Transport
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "page",
     "screen",
     "track",
+    "with_analytics",
 ]
 
 _default: Analytics | None = None

@@ -222,6 +222,8 @@ class Analytics:
         self._queued_bytes = 0
         self._closed = False
         self._deadline: float | None = None
+        self._holding = 0
+        self._id_factory: Callable[[], str] = _new_id
         self._counts = {"sent": 0, "failed": 0, "dropped": 0, "disabled": 0, "after_close": 0}
         _clients.add(self)
 
@@ -390,6 +392,21 @@ class Analytics:
             with self._lock:
                 self._deadline = previous
 
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Within this block calls are queued, not sent: the next :meth:`flush` sends them.
+
+        Only the protocol limits (500 KB, 2,500 messages) and ``max_queue_size`` still send
+        early.  ``with_analytics(batch=True)`` uses this so an invocation costs one request.
+        """
+        with self._lock:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holding -= 1
+
     # -- middleware and introspection -------------------------------------------------------
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -441,7 +458,7 @@ class Analytics:
             timestamp=timestamp,
             message_id=message_id,
             now=_dt.datetime.now(_dt.timezone.utc),
-            new_id=_new_id,
+            new_id=self._id_factory,
         )
         mid: str = built["messageId"]
         message = built
@@ -477,8 +494,9 @@ class Analytics:
                 earlier = self._flush_locked(self._deadline)
             self._queue.append(item)
             self._queued_bytes += len(data)
-            if len(self._queue) >= self.flush_at or (
-                time.monotonic() - self._queue[0].enqueued_at >= self.flush_interval
+            if not self._holding and (
+                len(self._queue) >= self.flush_at
+                or time.monotonic() - self._queue[0].enqueued_at >= self.flush_interval
             ):
                 mine = self._flush_locked(self._deadline)
         if earlier is not None:
@@ -634,7 +652,7 @@ class Analytics:
         # The parent still holds (and will send) what was queued; the child starts empty,
         # with a lock nobody holds and connections of its own.
         self._lock = threading.RLock()
-        self._queue, self._queued_bytes = [], 0
+        self._queue, self._queued_bytes, self._holding = [], 0, 0
         if self._transport is not None:
             self._transport.reset()
 

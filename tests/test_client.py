@@ -57,9 +57,10 @@ def test_every_call_type_arrives_on_the_wire(collector: Collector, make_client: 
     for request, result in zip(requests, results, strict=True):
         assert request.status == 200
         assert request.path == "/v1/batch"
-        assert request.headers["authorization"] == "Basic " + base64.b64encode(
-            f"{WRITE_KEY}:".encode()
-        ).decode()
+        assert (
+            request.headers["authorization"]
+            == "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+        )
         assert request.headers["content-type"] == "application/json"
         assert request.headers["user-agent"] == f"lambda_analytics/{lambda_analytics.__version__}"
         assert "x-retry-count" not in request.headers
@@ -80,7 +81,11 @@ def test_every_call_type_arrives_on_the_wire(collector: Collector, make_client: 
     assert track["integrations"] == {"All": False, "Mixpanel": True}
     assert track["timestamp"] == "2024-01-02T03:04:05.000Z" and track["messageId"] == "order-1"
     assert page["anonymousId"] == "a1" and "userId" not in page
-    assert (page["category"], page["name"], page["properties"]) == ("Docs", "API", {"url": "https://x"})
+    assert (page["category"], page["name"], page["properties"]) == (
+        "Docs",
+        "API",
+        {"url": "https://x"},
+    )
     assert screen["name"] == "Settings"
     assert group["groupId"] == "acme" and group["traits"] == {"employees": 150}
     assert alias["previousId"] == "a1" and alias["userId"] == "u1"
@@ -90,9 +95,9 @@ def test_validation_errors_raise_at_the_call_site(make_client: MakeClient) -> No
     analytics = make_client()
     with pytest.raises(ValidationError, match="user_id"):
         analytics.track(event="x")
-    with pytest.raises(ValueError, match="properties.price"):
+    with pytest.raises(ValueError, match=r"properties\.price"):
         analytics.track(user_id="u", event="x", properties={"price": float("nan")})
-    with pytest.raises(TypeError, match="properties.raw"):
+    with pytest.raises(TypeError, match=r"properties\.raw"):
         analytics.track(user_id="u", event="x", properties={"raw": b"x"})
     with pytest.raises(ValueError, match="bytes serialized"):
         analytics.track(user_id="u", event="x", properties={"blob": "x" * 40_000})
@@ -118,12 +123,16 @@ def test_5xx_and_429_are_retried_then_delivered_once(
 def test_retry_after_as_an_http_date(collector: Collector, make_client: MakeClient) -> None:
     import email.utils
 
-    collector.fail_next(429, headers={"Retry-After": email.utils.formatdate(time.time(), usegmt=True)})
+    collector.fail_next(
+        429, headers={"Retry-After": email.utils.formatdate(time.time(), usegmt=True)}
+    )
     result = make_client().track(user_id="u1", event="Later")
     assert result.delivered and [r.status for r in collector.requests] == [429, 200]
 
 
-def test_400_is_final_and_reaches_the_error_hook(collector: Collector, make_client: MakeClient) -> None:
+def test_400_is_final_and_reaches_the_error_hook(
+    collector: Collector, make_client: MakeClient
+) -> None:
     failures: list[tuple[DeliveryError, list[dict[str, Any]]]] = []
     calls: list[tuple[DeliveryError | None, str]] = []
     collector.fail_next(400, body=b'{"error": "bad things"}')
@@ -185,7 +194,9 @@ def test_retry_after_beyond_the_deadline_stops_at_once(
     assert summary.failed == 1 and isinstance(summary.errors[0], DeadlineExceededError)
 
 
-def test_600_messages_of_1kb_go_out_as_two_requests(collector: Collector, make_client: MakeClient) -> None:
+def test_600_messages_of_1kb_go_out_as_two_requests(
+    collector: Collector, make_client: MakeClient
+) -> None:
     analytics = make_client(flush_at=1_000)
     pad = "x" * 870
     results = [
@@ -199,10 +210,14 @@ def test_600_messages_of_1kb_go_out_as_two_requests(collector: Collector, make_c
     assert len(requests) == 2
     assert all(len(r.body) < 500_000 for r in requests)
     assert sum(len(r.payload["batch"]) for r in requests) == 600  # type: ignore[index]
-    assert collector.message_ids() == [m for r in requests for m in (x["messageId"] for x in r.payload["batch"])]  # type: ignore[index]
+    assert collector.message_ids() == [
+        m for r in requests for m in (x["messageId"] for x in r.payload["batch"])
+    ]  # type: ignore[index]
 
 
-def test_flush_at_batches_and_a_full_batch_goes_at_once(collector: Collector, make_client: MakeClient) -> None:
+def test_flush_at_batches_and_a_full_batch_goes_at_once(
+    collector: Collector, make_client: MakeClient
+) -> None:
     analytics = make_client(flush_at=3)
     results = [analytics.track(user_id="u", event=f"e{i}") for i in range(7)]
     assert [r.queued for r in results] == [True, True, False, True, True, False, True]
@@ -220,7 +235,9 @@ def test_flush_interval_without_a_thread(collector: Collector, make_client: Make
     assert [len(r.payload["batch"]) for r in collector.requests] == [2]  # type: ignore[index]
 
 
-def test_a_full_queue_flushes_rather_than_drops(collector: Collector, make_client: MakeClient) -> None:
+def test_a_full_queue_flushes_rather_than_drops(
+    collector: Collector, make_client: MakeClient
+) -> None:
     analytics = make_client(flush_at=100, max_queue_size=4)
     for i in range(10):
         analytics.track(user_id="u", event=f"e{i}")
@@ -248,7 +265,9 @@ def test_request_hook_sees_each_attempt_with_authorization_redacted(
     assert seen[0].message_count == 1 and seen[0].body_bytes > 0
 
 
-def test_close_refuses_and_reports_later_calls(collector: Collector, make_client: MakeClient) -> None:
+def test_close_refuses_and_reports_later_calls(
+    collector: Collector, make_client: MakeClient
+) -> None:
     late: list[dict[str, Any]] = []
     analytics = make_client(flush_at=10, on_call_after_close=late.append)
     analytics.track(user_id="u", event="before")
@@ -261,7 +280,9 @@ def test_close_refuses_and_reports_later_calls(collector: Collector, make_client
     assert analytics.stats.after_close == 1
 
 
-def test_middleware_changes_drops_and_can_be_removed(collector: Collector, make_client: MakeClient) -> None:
+def test_middleware_changes_drops_and_can_be_removed(
+    collector: Collector, make_client: MakeClient
+) -> None:
     analytics = make_client()
 
     def enrich(message: dict[str, Any]) -> dict[str, Any] | None:
@@ -282,7 +303,9 @@ def test_middleware_changes_drops_and_can_be_removed(collector: Collector, make_
     assert analytics.stats.dropped == 1
 
 
-def test_hook_exceptions_never_reach_the_caller(collector: Collector, make_client: MakeClient) -> None:
+def test_hook_exceptions_never_reach_the_caller(
+    collector: Collector, make_client: MakeClient
+) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("hook bug")
 
@@ -313,7 +336,10 @@ def test_disable_validates_and_counts_but_sends_nothing(collector: Collector) ->
 def test_hosts_paths_and_regions() -> None:
     assert Analytics("k").url == "https://api.segment.io/v1/batch"
     assert Analytics("k", region="eu").url == "https://events.eu1.segmentapis.com/v1/batch"
-    assert Analytics("k", host="https://x.test/prefix/", path="v1/batch").url == "https://x.test/prefix/v1/batch"
+    assert (
+        Analytics("k", host="https://x.test/prefix/", path="v1/batch").url
+        == "https://x.test/prefix/v1/batch"
+    )
     with pytest.raises(ConfigurationError):
         Analytics("k", region="mars")
     with pytest.raises(ConfigurationError):

@@ -80,7 +80,7 @@ def test_each_type_carries_its_fields(
         ("alias", {"previousId": "a"}, {"user_id": None}, "user_id"),
         ("track", {"event": "x"}, {"message_id": "m" * 101}, "message_id"),
         ("track", {"event": "x", "properties": {"p": float("nan")}}, {}, "properties.p"),
-        ("track", {"event": "x", "properties": {"a": [1, {"b": float("inf")}]}}, {}, "properties.a[1].b"),
+        ("track", {"event": "x", "properties": {"a": [1, {"b": float("inf")}]}}, {}, "properties.a[1].b"),  # noqa: E501
         ("track", {"event": "x", "properties": {"d": Decimal("NaN")}}, {}, "properties.d"),
         ("track", {"event": "x", "properties": {"big": 10**2000}}, {}, "properties.big"),
     ],

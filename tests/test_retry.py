@@ -21,7 +21,9 @@ def test_retryable(status: int | None) -> None:
 @pytest.mark.parametrize("status", [200, 301, 302, 400, 401, 403, 404, 413, 501, 505])
 def test_final(status: int) -> None:
     assert not POLICY.is_retryable(status)
-    decision = POLICY.decide(attempts=1, status=status, now=0, deadline=None, wall_now=WALL, random=0.5)
+    decision = POLICY.decide(
+        attempts=1, status=status, now=0, deadline=None, wall_now=WALL, random=0.5
+    )
     assert not decision.retry
     assert "final" in decision.reason
 
@@ -74,7 +76,9 @@ def test_retry_after_sets_the_delay_up_to_a_cap() -> None:
 def test_a_retry_that_would_pass_the_deadline_is_not_started() -> None:
     ok = POLICY.decide(attempts=1, status=503, now=10.0, deadline=10.5, wall_now=WALL, random=0.5)
     assert ok.retry and ok.delay == 0.1
-    late = POLICY.decide(attempts=1, status=503, now=10.0, deadline=10.12, wall_now=WALL, random=0.5)
+    late = POLICY.decide(
+        attempts=1, status=503, now=10.0, deadline=10.12, wall_now=WALL, random=0.5
+    )
     assert not late.retry and "deadline" in late.reason
     told = POLICY.decide(
         attempts=1, status=429, retry_after="5", now=0.0, deadline=2.0, wall_now=WALL, random=0.5

@@ -1,0 +1,5 @@
+"""``python -m lambda_analytics``: the command line."""
+
+from .cli import main
+
+raise SystemExit(main())
