@@ -687,5 +687,12 @@ def _reset_clients_after_fork() -> None:
         client._after_fork()
 
 
+def drop_all_connections() -> None:
+    """Close the pooled connections of every live client (before a snapshot, after a restore)."""
+    for client in list(_clients):
+        if client._transport is not None:
+            client._transport.reset()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_clients_after_fork)

@@ -11,8 +11,8 @@ Developers run ``python -m lambda_analytics.collector [--port 8765] [--write-key
 what their code sends; benchmarks pass ``keep_requests=False`` so only counters are kept.
 Validation is strict on purpose (auth, size limits, required fields): one bad message rejects
 the whole batch with a 400, so SDK bugs fail loudly. ``fail_next`` scripts 429/5xx answers.
-Standard library only and independent of the rest of the package, so it keeps working while
-the SDK itself is broken. It only ever binds to 127.0.0.1.
+Standard library only, and it imports nothing else from the package, so it judges the SDK
+from the outside. It only ever binds to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ MAX_MESSAGE_ID_LENGTH = 100  # exclusive: a messageId must be shorter than this
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 _REQUIRED = {"track": ("event",), "group": ("groupId",), "alias": ("userId", "previousId")}
 _ECHO_FIELDS = ("event", "name", "userId", "anonymousId", "groupId", "previousId", "messageId")
+_MAX_RAW_BODY = 64 * 1024 * 1024  # beyond this a body is not worth reading, just hang up
 _JOIN_TIMEOUT = 2.0
 
 
@@ -171,6 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Read the whole body so the connection stays usable; None if framing is broken."""
         if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
             length = int(self.headers.get("Content-Length", "0") or "0")
+            if length > _MAX_RAW_BODY:
+                return None
             body = self.rfile.read(length) if length > 0 else b""
             return body if len(body) == length else None  # short read: peer or stop() closed
         parts: list[bytes] = []
@@ -251,8 +254,9 @@ class Collector:
     write key as user name, or a matching body ``writeKey``, or (with a validator) a Bearer token
     the validator accepts; a Bearer token never falls back to the write key. ``idle_timeout``
     closes connections silent that many seconds. ``keep_requests=False`` keeps counters only.
-    Counters (``request_count``, ``accepted_count``, ``rejected_count`` -- counted in requests --,
-    ``message_count`` and ``connection_count``) are plain attributes, updated under a lock.
+    The counters are plain attributes updated under a lock: ``request_count``, ``accepted_count``
+    and ``rejected_count`` count requests (200 vs anything else), ``message_count`` counts
+    accepted messages and ``connection_count`` TCP connections.
     """
 
     def __init__(
@@ -297,7 +301,10 @@ class Collector:
         # serve_forever notices shutdown() only when its select() times out: poll briskly so stop()
         # (run after every test) returns within ~10 ms; an idle select() costs next to nothing.
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="collector-accept",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -462,7 +469,7 @@ class Collector:
                 user = base64.b64decode(credentials.strip(), validate=True).partition(b":")[0]
         body_key = payload.get("writeKey")
         body_key = body_key.encode("utf-8", "surrogatepass") if isinstance(body_key, str) else b""
-        # Both comparisons always run, in constant time, so timing reveals nothing.
+        # Run both constant-time comparisons, so timing does not show which credential matched.
         by_header = hmac.compare_digest(user, self._write_key)
         return hmac.compare_digest(body_key, self._write_key) or by_header
 
@@ -502,8 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
         return 1
     auth = "write key required" if args.write_key else "no auth"
+    until = "Ctrl-C" if args.duration is None else f"{args.duration:g} s or Ctrl-C"
     print(f"Collecting at {collector.url}{args.path} ({auth}); use host {collector.url}")
-    print("Press Ctrl-C to stop.", flush=True)
+    print(f"Running until {until}.", flush=True)
     try:
         while args.duration is None:
             time.sleep(3600)  # sleep, unlike Event.wait, is interruptible on every platform

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
-from .client import Analytics
+from .client import Analytics, drop_all_connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -239,3 +239,24 @@ def _stable_ids(client: Analytics, request_id: str) -> Iterator[None]:
         yield
     finally:
         client._id_factory = previous
+
+
+def install_snapstart_hooks() -> bool:
+    """Register SnapStart runtime hooks when ``snapshot_restore_py`` is importable.
+
+    Before the snapshot, pooled connections are closed: restored copies would otherwise share
+    sockets that no longer exist.  After a restore they are dropped again.  There is no random
+    state to reseed: jitter and message ids come from ``os.urandom``, which the restored
+    process draws fresh.  Called on import inside Lambda; returns whether it registered.
+    """
+    try:
+        import snapshot_restore_py  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    snapshot_restore_py.register_before_snapshot(drop_all_connections)
+    snapshot_restore_py.register_after_restore(drop_all_connections)
+    return True
+
+
+if "AWS_LAMBDA_FUNCTION_NAME" in os.environ:  # elsewhere, spare every import a failed lookup
+    install_snapstart_hooks()
