@@ -31,9 +31,11 @@ from .errors import (
     HTTPStatusError,
     InvalidTypeError,
     MessageTooLargeError,
+    OAuthError,
     TransportError,
     ValidationError,
 )
+from .oauth import OAuthSettings
 from .retry import RetryPolicy
 from .serverless import with_analytics
 from .transport import Response, Transport, Urllib3Transport
@@ -50,6 +52,8 @@ __all__ = [
     "HTTPStatusError",
     "InvalidTypeError",
     "MessageTooLargeError",
+    "OAuthError",
+    "OAuthSettings",
     "RequestInfo",
     "Response",
     "RetryPolicy",

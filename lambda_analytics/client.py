@@ -31,9 +31,11 @@ from .errors import (
     DeliveryError,
     HTTPStatusError,
     InvalidTypeError,
+    OAuthError,
     TransportError,
 )
 from .messages import JSONDict, build_message, encode_message, format_timestamp
+from .oauth import OAuthSettings, TokenSource
 from .retry import RetryPolicy
 from .transport import Response, Transport, Urllib3Transport
 
@@ -173,6 +175,7 @@ class Analytics:
         proxy: str | None = None,
         verify: bool = True,
         ca_certs: str | None = None,
+        oauth: OAuthSettings | None = None,
     ) -> None:
         if not write_key and not disable:
             raise ConfigurationError("write_key is required (or pass disable=True)")
@@ -200,11 +203,10 @@ class Analytics:
         self.on_request = on_request
         self.on_call_after_close = on_call_after_close
         self._envelope = batching.Envelope(write_key or None)
-        self._headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "Authorization": "Basic " + base64.b64encode(f"{self._write_key}:".encode()).decode(),
-        }
+        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if oauth is None:
+            basic = base64.b64encode(f"{self._write_key}:".encode()).decode()
+            self._headers["Authorization"] = "Basic " + basic
         if gzip:
             self._headers["Content-Encoding"] = "gzip"
         if transport is None and not disable:
@@ -216,6 +218,11 @@ class Analytics:
                 ca_certs=ca_certs,
             )
         self._transport = transport
+        self._tokens: TokenSource | None = None
+        if oauth is not None and transport is not None:
+            self._tokens = TokenSource(
+                oauth, region=region, transport=transport, retry=self.retry, random=_random
+            )
         self._middleware: list[Middleware] = []
         self._lock = threading.RLock()
         self._queue: list[_Queued] = []
@@ -538,6 +545,7 @@ class Analytics:
         policy = self.retry
         attempts = 0
         error: DeliveryError | None = None
+        token_refreshed = False
         while True:
             now = time.monotonic()
             remaining = None if deadline is None else deadline - now
@@ -548,6 +556,11 @@ class Analytics:
             headers = self._headers
             if attempts:
                 headers = {**headers, "X-Retry-Count": str(attempts)}
+            if self._tokens is not None:
+                try:
+                    headers = {**headers, "Authorization": self._tokens.authorization(deadline)}
+                except OAuthError as exc:
+                    return exc
             attempts += 1
             response: Response | None = None
             try:
@@ -559,6 +572,11 @@ class Analytics:
             self._observe(headers, body, len(messages), attempts, now, response, error)
             if error is None:
                 return None
+            if self._tokens is not None and not token_refreshed and _refused(response):
+                # The token may have been revoked or expired early: one fresh token, one resend.
+                self._tokens.invalidate()
+                token_refreshed = True
+                continue
             decision = policy.decide(
                 attempts=attempts,
                 status=None if response is None else response.status,
@@ -584,7 +602,7 @@ class Analytics:
     def _redact(self, text: str) -> str:
         if self._write_key and self._write_key in text:
             text = text.replace(self._write_key, "<redacted>")
-        return text
+        return text if self._tokens is None else self._tokens.redact(text)
 
     def _observe(
         self,
@@ -655,6 +673,10 @@ class Analytics:
         self._queue, self._queued_bytes, self._holding = [], 0, 0
         if self._transport is not None:
             self._transport.reset()
+
+
+def _refused(response: Response | None) -> bool:
+    return response is not None and response.status in (401, 403)
 
 
 def _deadline_error(cause: DeliveryError | None) -> DeadlineExceededError:

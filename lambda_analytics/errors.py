@@ -11,6 +11,7 @@
         ├── HTTPStatusError               the server answered a final non-2xx status
         ├── TransportError                the request did not complete (network, timeout)
         ├── DeadlineExceededError         the flush deadline left no time to (re)try
+        ├── OAuthError                    no access token: refused credentials, server down
         └── ClientClosedError             the call came after close()
 
 Programmer errors (a missing user id, a value that cannot be JSON) are raised where the call
@@ -74,6 +75,10 @@ class TransportError(DeliveryError):
 
 class DeadlineExceededError(DeliveryError):
     """The deadline of the flush or invocation left no time for another attempt."""
+
+
+class OAuthError(DeliveryError):
+    """No access token could be obtained; the message says why (``invalid_client: ...``)."""
 
 
 class ClientClosedError(DeliveryError):

@@ -21,7 +21,8 @@ from .errors import InvalidTypeError, MessageTooLargeError, ValidationError
 
 MAX_MESSAGE_BYTES: Final = 32_000
 """The protocol allows 32 KB per message; read as 1,000-byte KB, the safe side of every backend."""
-MAX_MESSAGE_ID_LENGTH: Final = 100
+MAX_MESSAGE_ID_LENGTH: Final = 99
+"""Message ids must stay under 100 characters."""
 MAX_DEPTH: Final = 100
 # json.dumps refuses integers over 4,300 digits (CPython's int/str limit); far below that a
 # number is already meaningless to every backend, so refuse it with a field name instead.

@@ -36,7 +36,7 @@ def msg(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in message.items() if value is not None}
 
 
-def envelope(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def envelope(*messages: Any, **extra: Any) -> dict[str, Any]:
     return {"batch": list(messages), "sentAt": SENT_AT, **extra}
 
 
@@ -157,6 +157,15 @@ def test_bearer_token_validator(http: urllib3.PoolManager) -> None:
         assert post(http, server, envelope(msg()), auth=basic(WRITE_KEY)).status == 200
         assert seen == ["good-token", "bad-token"]
         assert len(server.messages) == 2
+
+
+def test_crashing_validator_means_401(http: urllib3.PoolManager) -> None:
+    def validator(token: str) -> bool:
+        raise RuntimeError("validator bug")
+
+    with Collector(token_validator=validator) as server:
+        assert post(http, server, envelope(msg()), auth="Bearer t").status == 401
+        assert post(http, server, envelope(msg()), auth="Bearer t").status == 401  # still serving
 
 
 def test_bearer_without_validator_is_rejected(

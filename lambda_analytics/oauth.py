@@ -1,0 +1,249 @@
+"""OAuth 2 client-assertion tokens for the tracking API.  The only module that uses pyjwt and
+cryptography, and it imports them when a client with OAuth is built, never at package import.
+
+The client signs a short RS256 JWT with its private key, trades it at ``{auth_server}/token``
+for an access token, and sends batches with ``Authorization: Bearer <token>``.  The token is
+fetched inline (no thread) under a lock, within the caller's deadline, cached until shortly
+before it expires, and dropped when the API answers 401/403.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlencode
+
+from .errors import ConfigurationError, DeliveryError, OAuthError, TransportError
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .transport import Response, Transport
+
+AUTH_SERVERS: Final = {
+    "us": "https://oauth2.segment.io",
+    "eu": "https://oauth2.eu1.segmentapis.com",
+}
+DEFAULT_SCOPE: Final = "tracking_api:write"
+ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME: Final = 55
+"""Seconds an assertion is valid: under the minute the protocol allows."""
+_REFRESH_SHARE: Final = 0.1
+_REFRESH_MAX: Final = 60.0
+
+
+@dataclass(frozen=True, repr=False)
+class OAuthSettings:
+    """OAuth credentials for a source that requires tokens instead of the write key alone.
+
+    ``private_key`` is the PEM text of the RSA key whose public half is registered with the
+    auth server under ``key_id``.  ``auth_server`` defaults to the client's region.
+    """
+
+    client_id: str
+    key_id: str
+    private_key: str
+    auth_server: str | None = None
+    scope: str = DEFAULT_SCOPE
+
+    def __repr__(self) -> str:
+        return (
+            f"OAuthSettings(client_id={self.client_id!r}, key_id={self.key_id!r}, "
+            f"private_key=<redacted>, auth_server={self.auth_server!r}, scope={self.scope!r})"
+        )
+
+
+def build_assertion(
+    key: Any, *, client_id: str, key_id: str, audience: str, now: float, jti: str
+) -> str:
+    """The signed client assertion: RS256, ``kid`` header, ``iss`` = ``sub`` = client id."""
+    import jwt
+
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": int(now),
+        "exp": int(now) + ASSERTION_LIFETIME,
+        "jti": jti,
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": key_id, "typ": "JWT"})
+
+
+def load_private_key(pem: str) -> Any:
+    """Parse the PEM once; a key object is what every later assertion is signed with."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        # The library's message never quotes the key; ours does not either.
+        raise ConfigurationError(
+            f"oauth.private_key: not a usable PEM private key ({exc})"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigurationError("oauth.private_key: must be an RSA key (RS256)")
+    return key
+
+
+class TokenSource:
+    """Fetches and caches access tokens.  Its ``repr`` shows no key, assertion or token."""
+
+    def __init__(
+        self,
+        settings: OAuthSettings,
+        *,
+        region: str,
+        transport: Transport,
+        retry: RetryPolicy,
+        random: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.audience = (settings.auth_server or AUTH_SERVERS[region]).rstrip("/")
+        self.token_url = self.audience + "/token"
+        self._key = load_private_key(settings.private_key)
+        self._transport = transport
+        self._retry = retry
+        self._random = random
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._expires_at = 0.0
+        self._skew = 0.0
+        self.fetches = 0
+        """How many tokens were obtained (for tests and benchmarks)."""
+
+    def __repr__(self) -> str:
+        return f"TokenSource(token_url={self.token_url!r}, client_id={self.settings.client_id!r})"
+
+    def authorization(self, deadline: float | None) -> str:
+        """``Bearer <token>``, fetching a token first when none is cached or it is due to expire.
+
+        Raises OAuthError (a DeliveryError) when no token can be had before ``deadline``.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if self._token is None or now >= self._refresh_at:
+                try:
+                    self._fetch(deadline)
+                except OAuthError:
+                    # A token that is still valid beats none while the server is refusing.
+                    if self._token is None or now >= self._expires_at:
+                        raise
+            assert self._token is not None
+            return "Bearer " + self._token
+
+    def redact(self, text: str) -> str:
+        """``text`` with the cached access token, if it appears, replaced."""
+        token = self._token
+        return text.replace(token, "<redacted>") if token and token in text else text
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the API refused it); the next request fetches another."""
+        with self._lock:
+            self._token = None
+
+    def _fetch(self, deadline: float | None) -> None:
+        attempts = 0
+        while True:
+            now = time.monotonic()
+            remaining = None if deadline is None else deadline - now
+            if remaining is not None and remaining < self._retry.min_attempt_time:
+                raise OAuthError("no time left before the deadline to obtain an access token")
+            body = urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": self._assertion(),
+                    "scope": self.settings.scope,
+                }
+            ).encode()
+            attempts += 1
+            response: Response | None = None
+            try:
+                response = self._transport.send(
+                    self.token_url,
+                    body,
+                    {
+                        "Content-Type": "application/x-www-form-urlencoded",
+                        "Accept": "application/json",
+                    },
+                    remaining,
+                )
+            except TransportError as exc:
+                error: DeliveryError = OAuthError(f"token request failed: {exc}")
+            else:
+                self._correct_clock(response)
+                if 200 <= response.status < 300:
+                    self._store(response, now)
+                    return
+                error = OAuthError(_describe_refusal(response))
+            decision = self._retry.decide(
+                attempts=attempts,
+                status=None if response is None else response.status,
+                retry_after=None if response is None else response.headers.get("retry-after"),
+                now=time.monotonic(),
+                deadline=deadline,
+                wall_now=time.time(),
+                random=self._random(),
+            )
+            if not decision.retry:
+                raise error
+            time.sleep(decision.delay)
+
+    def _assertion(self) -> str:
+        return build_assertion(
+            self._key,
+            client_id=self.settings.client_id,
+            key_id=self.settings.key_id,
+            audience=self.audience,
+            now=time.time() + self._skew,
+            jti=str(uuid.uuid4()),
+        )
+
+    def _store(self, response: Response, requested_at: float) -> None:
+        try:
+            payload = json.loads(response.body)
+            token = payload["access_token"]
+            lifetime = float(payload.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OAuthError(
+                f"token response without access_token ({type(exc).__name__})"
+            ) from None
+        if not isinstance(token, str) or not token:
+            raise OAuthError("token response without access_token")
+        self._token = token
+        self._expires_at = requested_at + lifetime
+        self._refresh_at = self._expires_at - min(_REFRESH_MAX, lifetime * _REFRESH_SHARE)
+        self.fetches += 1
+
+    def _correct_clock(self, response: Response) -> None:
+        date = response.headers.get("date")
+        if not date:
+            return
+        import email.utils
+
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return
+        # The Date header has one-second resolution: only a larger difference is skew.
+        skew = server - time.time()
+        self._skew = skew if abs(skew) > 2 else 0.0
+
+
+def _describe_refusal(response: Response) -> str:
+    detail = ""
+    try:
+        payload = json.loads(response.body)
+        detail = ": " + ": ".join(
+            str(payload[k]) for k in ("error", "error_description") if payload.get(k)
+        )
+    except (ValueError, TypeError, AttributeError):
+        pass
+    return f"the auth server refused the token request (HTTP {response.status}){detail}"
