@@ -32,6 +32,7 @@ from .errors import (
     InvalidTypeError,
     MessageTooLargeError,
     OAuthError,
+    SpoolError,
     TransportError,
     ValidationError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "RequestInfo",
     "Response",
     "RetryPolicy",
+    "SpoolError",
     "Stats",
     "Transport",
     "TransportError",

@@ -20,7 +20,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import batching
 from ._version import __version__
@@ -32,12 +32,16 @@ from .errors import (
     HTTPStatusError,
     InvalidTypeError,
     OAuthError,
+    SpoolError,
     TransportError,
 )
 from .messages import JSONDict, build_message, encode_message, format_timestamp
 from .oauth import OAuthSettings, TokenSource
 from .retry import RetryPolicy
 from .transport import Response, Transport, Urllib3Transport
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 logger = logging.getLogger("lambda_analytics")
 
@@ -76,6 +80,8 @@ class FlushResult:
     failed: int = 0
     failed_messages: tuple[JSONDict, ...] = ()
     errors: tuple[DeliveryError, ...] = ()
+    spooled: int = 0
+    """Not delivered in time, kept in the spool for the next flush (``spool_dir``)."""
 
     @property
     def ok(self) -> bool:
@@ -115,7 +121,6 @@ class Stats:
 @dataclass(slots=True)
 class _Queued:
     data: bytes
-    message_id: str
     callback: MessageCallback | None
     enqueued_at: float
 
@@ -124,6 +129,7 @@ class _Queued:
 class _Outcome:
     sent: list[_Queued] = field(default_factory=list)
     failures: list[tuple[DeliveryError, list[_Queued]]] = field(default_factory=list)
+    spooled: list[tuple[DeliveryError, list[_Queued]]] = field(default_factory=list)
 
     def result(self) -> FlushResult:
         failed = [json.loads(item.data) for _, items in self.failures for item in items]
@@ -132,10 +138,11 @@ class _Outcome:
             failed=len(failed),
             failed_messages=tuple(failed),
             errors=tuple(error for error, _ in self.failures),
+            spooled=sum(len(items) for _, items in self.spooled),
         )
 
     def error_for(self, item: _Queued) -> DeliveryError | None:
-        for error, items in self.failures:
+        for error, items in self.failures + self.spooled:
             if any(i is item for i in items):
                 return error
         return None
@@ -176,6 +183,8 @@ class Analytics:
         verify: bool = True,
         ca_certs: str | None = None,
         oauth: OAuthSettings | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 50_000_000,
     ) -> None:
         if not write_key and not disable:
             raise ConfigurationError("write_key is required (or pass disable=True)")
@@ -223,6 +232,11 @@ class Analytics:
             self._tokens = TokenSource(
                 oauth, region=region, transport=transport, retry=self.retry, random=_random
             )
+        self._spool: Spool | None = None
+        if spool_dir is not None and not disable:
+            from .spool import Spool  # pathlib and friends: only for those who spool
+
+            self._spool = Spool(spool_dir, max_bytes=spool_max_bytes)
         self._middleware: list[Middleware] = []
         self._lock = threading.RLock()
         self._queue: list[_Queued] = []
@@ -488,7 +502,7 @@ class Analytics:
                 self._counts["disabled"] += 1
             return CallResult(mid)
 
-        item = _Queued(data, mid, callback, time.monotonic())
+        item = _Queued(data, callback, time.monotonic())
         earlier = mine = None
         with self._lock:
             queue = self._queue
@@ -523,21 +537,55 @@ class Analytics:
     def _flush_locked(self, deadline: float | None) -> _Outcome:
         outcome = _Outcome()
         items, self._queue, self._queued_bytes = self._queue, [], 0
-        if not items:
-            return outcome
-        if self._transport is None:  # disabled after messages were queued
+        claimed = None if self._spool is None else self._spool.claim()
+        if claimed is not None:
+            # What earlier flushes could not deliver goes first.
+            items = [_Queued(data, None, 0.0) for data in claimed.messages] + items
+            for path in claimed.corrupt:
+                unreadable = SpoolError(f"unreadable spool file set aside as {path}")
+                outcome.failures.append((unreadable, []))
+        if items and self._transport is None:  # disabled after messages were queued
             outcome.sent.extend(items)
-            return outcome
-        for span in batching.split([len(i.data) for i in items], self._envelope):
-            chunk = items[span.start : span.stop]
-            error = self._send([i.data for i in chunk], deadline)
-            if error is None:
-                outcome.sent.extend(chunk)
-            else:
-                outcome.failures.append((error, chunk))
+        elif items:
+            for span in batching.split([len(i.data) for i in items], self._envelope):
+                chunk = items[span.start : span.stop]
+                error = self._send([i.data for i in chunk], deadline)
+                if error is None:
+                    outcome.sent.extend(chunk)
+                else:
+                    outcome.failures.append((error, chunk))
+        if self._spool is not None and claimed is not None:
+            self._spool_transient(self._spool, outcome)
+            self._spool.release(claimed)
         self._counts["sent"] += len(outcome.sent)
         self._counts["failed"] += sum(len(items) for _, items in outcome.failures)
         return outcome
+
+    def _spool_transient(self, spool: Spool, outcome: _Outcome) -> None:
+        """Move failures that a later flush may deliver from ``failures`` to ``spooled``."""
+        keep: list[tuple[DeliveryError, list[_Queued]]] = []
+        for error, items in outcome.failures:
+            if not items or not self._transient(error):
+                keep.append((error, items))
+                continue
+            try:
+                dropped = spool.write([i.data for i in items])
+            except OSError as exc:
+                keep.append((SpoolError(f"could not spool: {exc}"), items))
+                continue
+            mine = {item.data: item for item in items}
+            lost = [mine.pop(data, _Queued(data, None, 0.0)) for data in dropped]
+            if mine:
+                outcome.spooled.append((error, list(mine.values())))
+            if lost:
+                full = SpoolError(f"spool over {spool.max_bytes} bytes: oldest messages dropped")
+                keep.append((full, lost))
+        outcome.failures = keep
+
+    def _transient(self, error: DeliveryError) -> bool:
+        if isinstance(error, HTTPStatusError):
+            return self.retry.is_retryable(error.status)
+        return isinstance(error, (DeadlineExceededError, TransportError, OAuthError))
 
     def _send(self, messages: Sequence[bytes], deadline: float | None) -> DeliveryError | None:
         """Deliver one batch, retrying as the policy says; the error if it failed."""
@@ -657,6 +705,11 @@ class Analytics:
         for item in outcome.sent:
             if item.callback is not None:
                 _safely(item.callback, None, json.loads(item.data))
+        for error, items in outcome.spooled:
+            logger.info("%d messages spooled for the next flush: %s", len(items), error)
+            for item in items:
+                if item.callback is not None:
+                    _safely(item.callback, error, json.loads(item.data))
         for error, items in outcome.failures:
             messages = [json.loads(item.data) for item in items]
             logger.warning("%d messages not delivered: %s", len(messages), error)

@@ -37,6 +37,8 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "PROXY": ("proxy", str),
     "VERIFY": ("verify", _boolean),
     "CA_CERTS": ("ca_certs", str),
+    "SPOOL_DIR": ("spool_dir", str),
+    "SPOOL_MAX_BYTES": ("spool_max_bytes", int),
 }
 """``ANALYTICS_<SUFFIX>`` -> the ``Analytics`` keyword it sets, and how its text is read."""
 

@@ -12,6 +12,7 @@
         ├── TransportError                the request did not complete (network, timeout)
         ├── DeadlineExceededError         the flush deadline left no time to (re)try
         ├── OAuthError                    no access token: refused credentials, server down
+        ├── SpoolError                    dropped from a full spool, or a corrupt spool file
         └── ClientClosedError             the call came after close()
 
 Programmer errors (a missing user id, a value that cannot be JSON) are raised where the call
@@ -79,6 +80,10 @@ class DeadlineExceededError(DeliveryError):
 
 class OAuthError(DeliveryError):
     """No access token could be obtained; the message says why (``invalid_client: ...``)."""
+
+
+class SpoolError(DeliveryError):
+    """Spooled messages were dropped (the spool was full) or a spool file was unreadable."""
 
 
 class ClientClosedError(DeliveryError):
