@@ -4,59 +4,73 @@
     python3 tasks.py demo    # set up .venv, run the example handler against the local collector
     python3 tasks.py test    # set up .venv, run lint, types and the whole test suite (what CI runs)
 
-The virtual environment is created (and reinstalled when pyproject.toml changes) on demand.
+`test` then runs the suite again on urllib3 1.26 and on every other Python 3.10-3.14 found on
+the machine, and smoke-tests the built wheel in a clean virtual environment.  Virtual
+environments are created (and reinstalled when pyproject.toml changes) on demand.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PYTHON = BIN / "python"
+NPM_FOLDERS = ("tests/pyodide", "tests/oauth")
+# The matrix runs the suite without the slow end-to-end files, which the main run covers.
+MATRIX_SKIP = ("tests/test_cloudflare_worker.py", "tests/test_soak.py", "tests/test_example_lambda.py",
+               "tests/test_example_gcf.py")  # fmt: skip
 
 
-def run(*command: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
     printable = " ".join(str(c) for c in command)
     print(f"\n$ {printable}", flush=True)
     started = time.monotonic()
-    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, check=False)
+    result = subprocess.run([str(c) for c in command], cwd=ROOT, env=env, check=False)
     if result.returncode != 0:
         sys.exit(f"FAILED ({result.returncode}): {printable}")
     print(f"  ok in {time.monotonic() - started:.1f}s", flush=True)
 
 
-def ensure_venv() -> None:
-    """Create .venv and install the package with its dev tools when pyproject.toml changed."""
-    stamp = VENV / ".installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == wanted and PYTHON.exists():
-        return
-    if not PYTHON.exists():
-        print("creating .venv", flush=True)
-        venv.create(VENV, with_pip=True)
-    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
-    stamp.write_text(wanted)
+def python_in(env_dir: Path) -> Path:
+    return env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
 
 
-def demo() -> None:
-    ensure_venv()
-    run(PYTHON, "-m", "lambda_analytics", "demo")
+def ensure_venv(env_dir: Path, *requirements: str, base: str = sys.executable) -> Path:
+    """A virtual environment with ``requirements``, rebuilt when they or pyproject change."""
+    python = python_in(env_dir)
+    stamp = env_dir / ".installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + repr(requirements).encode())
+    if stamp.exists() and stamp.read_text() == wanted.hexdigest() and python.exists():
+        return python
+    if not python.exists():
+        print(f"creating {env_dir.name} with {base}", flush=True)
+        if base == sys.executable:
+            venv.create(env_dir, with_pip=True)
+        else:
+            run(base, "-m", "venv", env_dir)
+    run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(python, "-m", "pip", "install", "--quiet", *requirements)
+    stamp.write_text(wanted.hexdigest())
+    return python
+
+
+def dev_python() -> Path:
+    return ensure_venv(VENV, "-e", ".[dev]")
 
 
 def npm_ci(folder: str) -> None:
     """Install a test's pinned npm packages (Node 20 is on the CI machine)."""
     if shutil.which("npm") is None:
-        print(f"npm not found: tests needing {folder} will be skipped", flush=True)
+        print(f"npm not found: the tests needing {folder} will be skipped", flush=True)
         return
     lock = ROOT / folder / "package-lock.json"
     stamp = ROOT / folder / "node_modules" / ".installed"
@@ -67,17 +81,74 @@ def npm_ci(folder: str) -> None:
     stamp.write_text(wanted)
 
 
-def test() -> None:
-    ensure_venv()
-    started = time.monotonic()
-    for folder in ("tests/pyodide",):
-        npm_ci(folder)
-    run(BIN / "ruff", "check", ".")
-    run(BIN / "ruff", "format", "--check", ".")
-    run(BIN / "mypy", "--strict", "lambda_analytics")
-    run(PYTHON, "-m", "pytest", "-q")
-    print(f"\nall checks passed in {time.monotonic() - started:.0f}s")
+def other_pythons() -> dict[str, str]:
+    """Python 3.10-3.14 interpreters on this machine other than the one running this script."""
+    found: dict[str, str] = {}
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(10, 15)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-4].*/bin/python3")))
+    for path in filter(None, candidates):
+        version = subprocess.run(
+            [path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        mine = "%d.%d" % sys.version_info[:2]
+        if version and version != mine and version not in found:
+            found[version] = path
+    return found
 
+
+def demo() -> None:
+    run(dev_python(), "-m", "lambda_analytics", "demo")
+
+
+def test() -> None:
+    started = time.monotonic()
+    python = dev_python()
+    bin_dir = python.parent
+    for folder in NPM_FOLDERS:
+        if (ROOT / folder / "package-lock.json").exists():
+            npm_ci(folder)
+    run(bin_dir / "ruff", "check", ".")
+    run(bin_dir / "ruff", "format", "--check", ".")
+    run(bin_dir / "mypy", "--strict", "lambda_analytics")
+    run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+
+    skip = [f"--ignore={path}" for path in MATRIX_SKIP]
+    old = ensure_venv(ROOT / ".venv-urllib3-1.26", "-e", ".[test]", "urllib3<2")
+    run(old, "-c", "import urllib3; print('urllib3', urllib3.__version__)")
+    run(old, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip)
+    ran = ["%d.%d" % sys.version_info[:2]]
+    for version, interpreter in other_pythons().items():
+        env_python = ensure_venv(ROOT / f".venv-py{version}", "-e", ".[test]", base=interpreter)
+        run(env_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip)
+        ran.append(version)
+    wheel_smoke_test(python)
+    print(f"\nPythons tested: {', '.join(sorted(ran))}; urllib3 1.26 and 2.x")
+    print(f"all checks passed in {time.monotonic() - started:.0f}s")
+
+
+def wheel_smoke_test(python: Path) -> None:
+    """Build the wheel, install it alone in a clean venv, and send events with it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        dist = Path(scratch) / "dist"
+        run(python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, ".")
+        [wheel] = dist.glob("lambda_analytics-*.whl")
+        clean = ensure_venv(Path(scratch) / "venv", str(wheel))
+        run(clean, "-c", SMOKE)
+        run(clean.parent / "lambda-analytics", "--help")
+
+
+SMOKE = """
+import sys, lambda_analytics
+from lambda_analytics import Analytics
+from lambda_analytics.collector import Collector
+assert "site-packages" in lambda_analytics.__file__, lambda_analytics.__file__
+with Collector(write_key="wk") as collector:
+    analytics = Analytics("wk", host=collector.url)
+    assert analytics.track(user_id="u", event="Smoke").delivered
+    assert [m["event"] for m in collector.messages] == ["Smoke"]
+print("wheel", lambda_analytics.__version__, "delivered an event")
+"""
 
 COMMANDS = {"demo": demo, "test": test}
 
