@@ -26,8 +26,13 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 NPM_FOLDERS = ("tests/pyodide", "tests/oauth")
 # The matrix runs the suite without the slow end-to-end files, which the main run covers.
-MATRIX_SKIP = ("tests/test_cloudflare_worker.py", "tests/test_soak.py", "tests/test_example_lambda.py",
-               "tests/test_example_gcf.py")  # fmt: skip
+MATRIX_SKIP = (
+    "tests/test_cloudflare_worker.py",
+    "tests/test_soak.py",
+    "tests/test_example_lambda.py",
+    "tests/test_example_gcf.py",
+)
+MY_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
@@ -88,11 +93,10 @@ def other_pythons() -> dict[str, str]:
     candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-4].*/bin/python3")))
     for path in filter(None, candidates):
         version = subprocess.run(
-            [path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            [path, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
             capture_output=True, text=True, check=False,
         ).stdout.strip()  # fmt: skip
-        mine = "%d.%d" % sys.version_info[:2]
-        if version and version != mine and version not in found:
+        if version and version != MY_VERSION and version not in found:
             found[version] = path
     return found
 
@@ -117,7 +121,7 @@ def test() -> None:
     old = ensure_venv(ROOT / ".venv-urllib3-1.26", "-e", ".[test]", "urllib3<2")
     run(old, "-c", "import urllib3; print('urllib3', urllib3.__version__)")
     run(old, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip)
-    ran = ["%d.%d" % sys.version_info[:2]]
+    ran = [MY_VERSION]
     for version, interpreter in other_pythons().items():
         env_python = ensure_venv(ROOT / f".venv-py{version}", "-e", ".[test]", base=interpreter)
         run(env_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip)
