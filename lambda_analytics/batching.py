@@ -8,7 +8,6 @@ re-encodes only the envelope.
 
 from __future__ import annotations
 
-import gzip as _gzip
 import json
 from collections.abc import Sequence
 from typing import Final
@@ -48,8 +47,12 @@ class Envelope:
         if len(sent_at) != SENT_AT_LENGTH:
             raise ValueError(f"sent_at must be {SENT_AT_LENGTH} characters: {sent_at!r}")
         body = b"".join((_HEAD, b",".join(messages), _SENT_AT, sent_at.encode(), self._tail))
+        if not gzip:
+            return body
+        import gzip as _gzip  # opt-in: not every import pays for it
+
         # mtime=0 keeps the compressed bytes a pure function of the body.
-        return _gzip.compress(body, compresslevel=6, mtime=0) if gzip else body
+        return _gzip.compress(body, compresslevel=6, mtime=0)
 
 
 def split(

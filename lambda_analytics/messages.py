@@ -10,11 +10,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from enum import Enum
 from typing import Any, Final
-from uuid import UUID
 
 from ._version import __version__
 from .errors import InvalidTypeError, MessageTooLargeError, ValidationError
@@ -193,11 +192,15 @@ def _convert(value: object, field: str, seen: set[int], depth: int) -> Any:
         return format_timestamp(value)
     if isinstance(value, _dt.date):
         return value.isoformat()
-    if isinstance(value, Decimal):
+    # A Decimal or UUID can only exist if its module was imported: checking sys.modules spares
+    # every cold start the import of decimal and uuid.
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise ValidationError(field, f"{value} is not a finite number, not valid JSON")
         return _finite(float(value), field)
-    if isinstance(value, UUID):
+    uuid = sys.modules.get("uuid")
+    if uuid is not None and isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         raise InvalidTypeError(field, "bytes are not JSON; decode them to str first")

@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .errors import ConfigurationError, DeliveryError, OAuthError, TransportError
 from .retry import RetryPolicy
@@ -36,8 +33,7 @@ _REFRESH_SHARE: Final = 0.1
 _REFRESH_MAX: Final = 60.0
 
 
-@dataclass(frozen=True, repr=False)
-class OAuthSettings:
+class OAuthSettings(NamedTuple):
     """OAuth credentials for a source that requires tokens instead of the write key alone.
 
     ``private_key`` is the PEM text of the RSA key whose public half is registered with the
@@ -155,7 +151,7 @@ class TokenSource:
             remaining = None if deadline is None else deadline - now
             if remaining is not None and remaining < self._retry.min_attempt_time:
                 raise OAuthError("no time left before the deadline to obtain an access token")
-            body = urlencode(
+            body = _urlencode(
                 {
                     "grant_type": "client_credentials",
                     "client_assertion_type": ASSERTION_TYPE,
@@ -197,6 +193,8 @@ class TokenSource:
             time.sleep(decision.delay)
 
     def _assertion(self) -> str:
+        import uuid
+
         return build_assertion(
             self._key,
             client_id=self.settings.client_id,
@@ -235,6 +233,12 @@ class TokenSource:
         # The Date header has one-second resolution: only a larger difference is skew.
         skew = server - time.time()
         self._skew = skew if abs(skew) > 2 else 0.0
+
+
+def _urlencode(fields: dict[str, str]) -> str:
+    from urllib.parse import urlencode  # only OAuth users pay for urllib.parse
+
+    return urlencode(fields)
 
 
 def _describe_refusal(response: Response) -> str:

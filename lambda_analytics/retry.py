@@ -7,8 +7,7 @@ client asks :meth:`RetryPolicy.decide` after every attempt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 from .errors import ConfigurationError
 
@@ -18,8 +17,7 @@ RETRYABLE_STATUSES: Final = frozenset(
 """Statuses worth another attempt; every other non-2xx answer (400, 401, 413, 3xx...) is final."""
 
 
-@dataclass(frozen=True)
-class RetryDecision:
+class RetryDecision(NamedTuple):
     """What to do after a failed attempt: ``retry`` after ``delay`` seconds, or stop."""
 
     retry: bool
@@ -27,34 +25,79 @@ class RetryDecision:
     reason: str = ""
 
 
-@dataclass(frozen=True)
 class RetryPolicy:
-    """An immutable retry policy.  Replace fields with :func:`dataclasses.replace`.
+    """An immutable retry policy; :meth:`replace` returns a changed copy.
 
     Defaults suit billed, short invocations: the first backoff is about 100 ms (with jitter),
     doubling to at most ``backoff_max``; ``Retry-After`` is obeyed up to ``max_retry_after``.
     No attempt starts unless at least ``min_attempt_time`` remains before the deadline.
+    ``jitter`` scales each delay by a uniform factor in ``[1 - jitter, 1 + jitter]``.
     """
 
-    max_retries: int = 3
-    backoff_initial: float = 0.1
-    backoff_factor: float = 2.0
-    backoff_max: float = 5.0
-    jitter: float = 0.5
-    """Each delay is scaled by a uniform factor in ``[1 - jitter, 1 + jitter]``."""
-    max_retry_after: float = 60.0
-    min_attempt_time: float = 0.05
-    retry_statuses: frozenset[int] = field(default=RETRYABLE_STATUSES)
+    # A plain class rather than a dataclass: dataclasses imports inspect, which is cold-start
+    # time on every import of the package.
+    __slots__ = (
+        "backoff_factor",
+        "backoff_initial",
+        "backoff_max",
+        "jitter",
+        "max_retries",
+        "max_retry_after",
+        "min_attempt_time",
+        "retry_statuses",
+    )
+    max_retries: int
+    backoff_initial: float
+    backoff_factor: float
+    backoff_max: float
+    jitter: float
+    max_retry_after: float
+    min_attempt_time: float
+    retry_statuses: frozenset[int]
 
-    def __post_init__(self) -> None:
-        if self.max_retries < 0:
+    def __init__(
+        self,
+        *,
+        max_retries: int = 3,
+        backoff_initial: float = 0.1,
+        backoff_factor: float = 2.0,
+        backoff_max: float = 5.0,
+        jitter: float = 0.5,
+        max_retry_after: float = 60.0,
+        min_attempt_time: float = 0.05,
+        retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
+    ) -> None:
+        if max_retries < 0:
             raise ConfigurationError("max_retries must be 0 or more")
-        if self.backoff_initial < 0 or self.backoff_max < 0 or self.max_retry_after < 0:
-            raise ConfigurationError("backoff and Retry-After limits must not be negative")
-        if self.backoff_factor < 1:
+        if min(backoff_initial, backoff_max, max_retry_after, min_attempt_time) < 0:
+            raise ConfigurationError("backoff, Retry-After and attempt limits must not be negative")
+        if backoff_factor < 1:
             raise ConfigurationError("backoff_factor must be at least 1")
-        if not 0 <= self.jitter <= 1:
+        if not 0 <= jitter <= 1:
             raise ConfigurationError("jitter must be between 0 and 1")
+        values = dict(locals())
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RetryPolicy is immutable: use replace({name}=...)")
+
+    def replace(self, **changes: Any) -> RetryPolicy:
+        """A copy with ``changes`` applied (and validated)."""
+        return RetryPolicy(**{**self._fields(), **changes})
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RetryPolicy) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._fields().values()))
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self._fields().items() if k != "retry_statuses"}
+        return "RetryPolicy(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def is_retryable(self, status: int | None) -> bool:
         """``None`` stands for a network error or timeout: retryable."""

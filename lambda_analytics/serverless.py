@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
@@ -32,7 +30,8 @@ DEFAULT_SAFETY_MARGIN: Final = 0.5
 DEFAULT_CLOUD_TIMEOUT: Final = 60.0
 """Cloud Functions' own default timeout, used when ``CLOUD_RUN_TIMEOUT_SECONDS`` is unset."""
 _WARM_INIT_TYPES: Final = frozenset({"provisioned-concurrency", "snap-start"})
-_ID_NAMESPACE: Final = uuid.UUID("6f0a3a52-7c1e-4f4e-9c59-2b6f0d7f5a10")
+_ID_NAMESPACE: Final = "6f0a3a52-7c1e-4f4e-9c59-2b6f0d7f5a10"
+_CO_COROUTINE: Final = 0x80
 
 _started = threading.Event()  # set after the first invocation of this process
 
@@ -105,7 +104,7 @@ class _Options:
 
 
 def _wrap(func: Callable[P, R], client: Analytics | None, options: _Options) -> Callable[P, R]:
-    if inspect.iscoroutinefunction(func):
+    if _is_async(func):
         async_func = cast("Callable[P, Awaitable[Any]]", func)
 
         @functools.wraps(func)
@@ -121,6 +120,16 @@ def _wrap(func: Callable[P, R], client: Analytics | None, options: _Options) -> 
             return func(*args, **kwargs)
 
     return run
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & _CO_COROUTINE)
+    # partials and callable objects: inspect knows them, at a cost only they pay.
+    import inspect
+
+    return inspect.iscoroutinefunction(func)
 
 
 @contextlib.contextmanager
@@ -229,10 +238,13 @@ def _add_context(message: dict[str, Any], faas: Mapping[str, Any]) -> dict[str, 
 
 @contextlib.contextmanager
 def _stable_ids(client: Analytics, request_id: str) -> Iterator[None]:
+    import uuid  # only for those who asked for stable ids
+
+    namespace = uuid.UUID(_ID_NAMESPACE)
     counter = iter(range(1, 1 << 62))
 
     def next_id() -> str:
-        return str(uuid.uuid5(_ID_NAMESPACE, f"{request_id}/{next(counter)}"))
+        return str(uuid.uuid5(namespace, f"{request_id}/{next(counter)}"))
 
     previous, client._id_factory = client._id_factory, next_id
     try:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .errors import TransportError
 
@@ -21,8 +20,7 @@ if TYPE_CHECKING:
     import urllib3
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     """What came back: the status, headers with lower-case names, and the body."""
 
     status: int

@@ -86,9 +86,15 @@ def test_a_retry_that_would_pass_the_deadline_is_not_started() -> None:
     assert not told.retry
 
 
-def test_policy_is_immutable_and_validated() -> None:
-    with pytest.raises(AttributeError):
+def test_policy_is_immutable_replaceable_and_validated() -> None:
+    with pytest.raises(AttributeError, match="immutable"):
         POLICY.max_retries = 5  # type: ignore[misc]
+    changed = POLICY.replace(max_retries=7)
+    assert (changed.max_retries, changed.jitter, POLICY.max_retries) == (7, 0.0, 3)
+    assert changed == RetryPolicy(max_retries=7, jitter=0.0) and changed != POLICY
+    assert "max_retries=7" in repr(changed)
+    with pytest.raises(ConfigurationError):
+        POLICY.replace(backoff_factor=0.5)
     with pytest.raises(ConfigurationError):
         RetryPolicy(max_retries=-1)
     with pytest.raises(ConfigurationError):

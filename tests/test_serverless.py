@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import subprocess
 import sys
@@ -138,7 +137,7 @@ def test_lambda_deadline_governs_every_send_and_reports_the_rest(
     collector.fail_next(503, times=10_000)
     failures: list[tuple[DeliveryError, list[dict[str, Any]]]] = []
     analytics = make_client(
-        retry=dataclasses.replace(FAST_RETRY, max_retries=10_000),
+        retry=FAST_RETRY.replace(max_retries=10_000),
         on_error=lambda e, m: failures.append((e, m)),
     )
 
