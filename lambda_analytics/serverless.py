@@ -191,8 +191,12 @@ def _platform_facts(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Facts:
         if callable(remaining):
             facts.platform = "aws_lambda"
             facts.remaining = remaining() / 1000.0
-            facts.function_name = getattr(value, "function_name", None)
-            facts.request_id = getattr(value, "aws_request_id", None)
+            # str(): runners hand over odd types (python-lambda-local's request id is a UUID).
+            name, request_id = (
+                getattr(value, a, None) for a in ("function_name", "aws_request_id")
+            )
+            facts.function_name = None if name is None else str(name)
+            facts.request_id = None if request_id is None else str(request_id)
             return facts
     env = os.environ
     if env.get("K_SERVICE") or env.get("FUNCTION_TARGET"):
