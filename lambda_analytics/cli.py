@@ -274,7 +274,7 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None]]:
     """(line number, text) of each non-blank line; text None when it is not UTF-8."""
     for number, raw in enumerate(stream, 1):
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             yield number, None
             continue
@@ -689,7 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return collector_main(rest)
     if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        where = f"{PROG} {args.command}"
+        _fail(f"{where}: error: unrecognized arguments: {' '.join(rest)} (see {where} --help)")
+        return EXIT_USAGE
     try:
         if args.command == "demo":
             return demo(args.handler, args.timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import datetime as _dt
 import json
 import logging
@@ -114,12 +115,19 @@ class Stats(NamedTuple):
 
 
 class _Queued:
-    __slots__ = ("callback", "data", "enqueued_at")
+    __slots__ = ("callback", "data", "enqueued_at", "message_id")
 
-    def __init__(self, data: bytes, callback: MessageCallback | None, enqueued_at: float) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        callback: MessageCallback | None,
+        enqueued_at: float,
+        message_id: str = "",
+    ) -> None:
         self.data = data
         self.callback = callback
         self.enqueued_at = enqueued_at
+        self.message_id = message_id
 
 
 class _Outcome:
@@ -145,6 +153,28 @@ class _Outcome:
             if any(i is item for i in items):
                 return error
         return None
+
+
+class _Scope:
+    """What the current invocation (thread or asyncio task) set on a client.
+
+    Kept in a ContextVar, so concurrent requests sharing one module-level client (Cloud Run
+    with concurrency, threads) each keep their own deadline, held calls, middleware and ids.
+    """
+
+    __slots__ = ("deadline", "held", "middleware", "new_id")
+
+    def __init__(
+        self,
+        deadline: float | None = None,
+        held: list[_Queued] | None = None,
+        middleware: tuple[Middleware, ...] = (),
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.deadline = deadline
+        self.held = held
+        self.middleware = middleware
+        self.new_id = new_id or _new_id
 
 
 _clients: weakref.WeakSet[Analytics] = weakref.WeakSet()
@@ -241,9 +271,8 @@ class Analytics:
         self._queue: list[_Queued] = []
         self._queued_bytes = 0
         self._closed = False
-        self._deadline: float | None = None
-        self._holding = 0
-        self._id_factory: Callable[[], str] = _new_id
+        # The default scope is never changed (held is None): each block sets a new one.
+        self._scopes = contextvars.ContextVar("lambda_analytics_scope", default=_ROOT)
         self._counts = {"sent": 0, "failed": 0, "dropped": 0, "disabled": 0, "after_close": 0}
         _clients.add(self)
 
@@ -376,15 +405,17 @@ class Analytics:
         Retries and their backoff sleeps stay inside the deadline; what cannot be sent in
         time is reported as failed (``on_error``, callbacks, and the result), never raised.
         """
+        held = self._scopes.get().held
         with self._lock:
-            outcome = self._flush_locked(self._deadline_after(timeout))
+            outcome = self._flush_locked(self._deadline_after(timeout), held)
         self._report(outcome)
         return outcome.result()
 
     def close(self, timeout: float | None = None) -> FlushResult:
         """Flush, then refuse new calls: they are reported to ``on_call_after_close``, not sent."""
+        held = self._scopes.get().held
         with self._lock:
-            outcome = self._flush_locked(self._deadline_after(timeout))
+            outcome = self._flush_locked(self._deadline_after(timeout), held)
             self._closed = True
             if self._transport is not None:
                 self._transport.close()
@@ -401,31 +432,51 @@ class Analytics:
     def deadline(self, seconds: float | None) -> Iterator[None]:
         """Within this block every send, retry and backoff ends within ``seconds`` from now.
 
-        Blocks nest; the earliest deadline wins.  ``None`` adds no limit.
+        Blocks nest; the earliest deadline wins.  ``None`` adds no limit.  The block belongs
+        to the current thread or asyncio task: concurrent requests keep their own.
         """
-        with self._lock:
-            previous = self._deadline
-            self._deadline = self._deadline_after(seconds)
-        try:
+        with self._scoped(seconds=seconds):
             yield
-        finally:
-            with self._lock:
-                self._deadline = previous
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Within this block calls are queued, not sent: the next :meth:`flush` sends them.
 
-        Only the protocol limits (500 KB, 2,500 messages) and ``max_queue_size`` still send
-        early.  ``with_analytics(batch=True)`` uses this so an invocation costs one request.
+        Only ``max_queue_size`` still sends early; the flush splits at the protocol limits.
+        ``with_analytics(batch=True)`` uses this so an invocation costs one request.  Calls
+        held by another thread or task are theirs to flush; anything still held when the block
+        ends joins the client's queue.
         """
-        with self._lock:
-            self._holding += 1
+        with self._scoped(hold=True):
+            yield
+
+    @contextlib.contextmanager
+    def _scoped(
+        self,
+        *,
+        seconds: float | None = None,
+        hold: bool = False,
+        middleware: tuple[Middleware, ...] = (),
+        new_id: Callable[[], str] | None = None,
+    ) -> Iterator[None]:
+        current = self._scopes.get()
+        held = [] if hold and current.held is None else current.held
+        scope = _Scope(
+            self._deadline_after(seconds),
+            held,
+            current.middleware + middleware,
+            new_id or current.new_id,
+        )
+        token = self._scopes.set(scope)
         try:
             yield
         finally:
-            with self._lock:
-                self._holding -= 1
+            self._scopes.reset(token)
+            if held and current.held is None:  # not flushed inside the block: never lost
+                with self._lock:
+                    self._queue.extend(held)
+                    self._queued_bytes += sum(len(item.data) for item in held)
+                    held.clear()
 
     # -- middleware and introspection -------------------------------------------------------
 
@@ -468,6 +519,7 @@ class Analytics:
         message_id: object,
         callback: MessageCallback | None,
     ) -> CallResult:
+        scope = self._scopes.get()
         built = build_message(
             kind,
             fields,
@@ -478,11 +530,11 @@ class Analytics:
             timestamp=timestamp,
             message_id=message_id,
             now=_dt.datetime.now(_dt.timezone.utc),
-            new_id=self._id_factory,
+            new_id=scope.new_id,
         )
         mid: str = built["messageId"]
         message = built
-        for middleware in tuple(self._middleware):
+        for middleware in (*self._middleware, *scope.middleware):
             changed = middleware(message)
             if changed is None:
                 with self._lock:
@@ -501,7 +553,9 @@ class Analytics:
                 self._counts["disabled"] += 1
             return CallResult(mid)
 
-        item = _Queued(data, callback, time.monotonic())
+        item = _Queued(data, callback, time.monotonic(), mid)
+        if scope.held is not None:
+            return self._hold(item, scope)
         earlier = mine = None
         with self._lock:
             queue = self._queue
@@ -511,14 +565,14 @@ class Analytics:
                 > batching.MAX_BATCH_BYTES
             ):
                 # Send what is queued first rather than drop anything or overfill a batch.
-                earlier = self._flush_locked(self._deadline)
+                earlier = self._flush_locked(scope.deadline)
             self._queue.append(item)
             self._queued_bytes += len(data)
-            if not self._holding and (
+            if (
                 len(self._queue) >= self.flush_at
                 or time.monotonic() - self._queue[0].enqueued_at >= self.flush_interval
             ):
-                mine = self._flush_locked(self._deadline)
+                mine = self._flush_locked(scope.deadline)
         if earlier is not None:
             self._report(earlier)
         if mine is None:
@@ -527,15 +581,32 @@ class Analytics:
         error = mine.error_for(item)
         return CallResult(mid, delivered=error is None, error=error)
 
-    def _deadline_after(self, timeout: float | None) -> float | None:
-        if timeout is None:
-            return self._deadline
-        mine = time.monotonic() + timeout
-        return mine if self._deadline is None else min(mine, self._deadline)
+    def _hold(self, item: _Queued, scope: _Scope) -> CallResult:
+        assert scope.held is not None
+        outcome = None
+        with self._lock:
+            scope.held.append(item)
+            if len(scope.held) >= self.max_queue_size:
+                outcome = self._flush_locked(scope.deadline, scope.held)
+        if outcome is None:
+            return CallResult(item.message_id, queued=True)
+        self._report(outcome)
+        error = outcome.error_for(item)
+        return CallResult(item.message_id, delivered=error is None, error=error)
 
-    def _flush_locked(self, deadline: float | None) -> _Outcome:
+    def _deadline_after(self, timeout: float | None) -> float | None:
+        current = self._scopes.get().deadline
+        if timeout is None:
+            return current
+        mine = time.monotonic() + timeout
+        return mine if current is None else min(mine, current)
+
+    def _flush_locked(self, deadline: float | None, held: list[_Queued] | None = None) -> _Outcome:
         outcome = _Outcome()
         items, self._queue, self._queued_bytes = self._queue, [], 0
+        if held:
+            items = items + held
+            held.clear()
         claimed = None if self._spool is None else self._spool.claim()
         if claimed is not None:
             # What earlier flushes could not deliver goes first.
@@ -722,7 +793,7 @@ class Analytics:
         # The parent still holds (and will send) what was queued; the child starts empty,
         # with a lock nobody holds and connections of its own.
         self._lock = threading.RLock()
-        self._queue, self._queued_bytes, self._holding = [], 0, 0
+        self._queue, self._queued_bytes = [], 0
         if self._transport is not None:
             self._transport.reset()
 
@@ -749,6 +820,9 @@ def _new_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ROOT: Final = _Scope()
 
 
 def _random() -> float:

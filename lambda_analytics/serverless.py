@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
-from .client import Analytics, drop_all_connections
+from .client import Analytics, Middleware, drop_all_connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -146,15 +146,15 @@ def _invocation(
         _WARM_INIT_TYPES
     )
     _started.set()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(client.deadline(None if budget is None else budget - options.margin))
-        if options.batch:
-            stack.enter_context(client.hold())
-        if options.context:
-            faas = {**facts.describe(), "coldstart": cold}
-            stack.enter_context(_middleware(client, lambda m: _add_context(m, faas)))
-        if options.stable_ids and facts.request_id:
-            stack.enter_context(_stable_ids(client, facts.request_id))
+    middleware: tuple[Middleware, ...] = ()
+    if options.context:
+        faas = {**facts.describe(), "coldstart": cold}
+        middleware = (functools.partial(_add_context, faas=faas),)
+    stable_ids = _stable_ids(facts.request_id) if options.stable_ids and facts.request_id else None
+    seconds = None if budget is None else budget - options.margin
+    with client._scoped(
+        seconds=seconds, hold=options.batch, middleware=middleware, new_id=stable_ids
+    ):
         try:
             yield
         finally:
@@ -223,25 +223,13 @@ def _budget(facts: _Facts, options: _Options) -> float | None:
     return min(known) if known else None
 
 
-@contextlib.contextmanager
-def _middleware(
-    client: Analytics, fn: Callable[[dict[str, Any]], dict[str, Any]]
-) -> Iterator[None]:
-    client.add_middleware(fn)
-    try:
-        yield
-    finally:
-        client.remove_middleware(fn)
-
-
-def _add_context(message: dict[str, Any], faas: Mapping[str, Any]) -> dict[str, Any]:
+def _add_context(message: dict[str, Any], *, faas: Mapping[str, Any]) -> dict[str, Any]:
     context = message["context"]
     context["faas"] = {**faas, **context.get("faas", {})}
     return message
 
 
-@contextlib.contextmanager
-def _stable_ids(client: Analytics, request_id: str) -> Iterator[None]:
+def _stable_ids(request_id: str) -> Callable[[], str]:
     import uuid  # only for those who asked for stable ids
 
     namespace = uuid.UUID(_ID_NAMESPACE)
@@ -250,11 +238,7 @@ def _stable_ids(client: Analytics, request_id: str) -> Iterator[None]:
     def next_id() -> str:
         return str(uuid.uuid5(namespace, f"{request_id}/{next(counter)}"))
 
-    previous, client._id_factory = client._id_factory, next_id
-    try:
-        yield
-    finally:
-        client._id_factory = previous
+    return next_id
 
 
 def install_snapstart_hooks() -> bool:

@@ -35,7 +35,9 @@ Without pytest (unittest, scripts), the same object comes from a context manager
         checkout.handler({"user_id": "u1"}, None)
     events.assert_identified(user_id="u1", traits={"plan": "pro"})
 
-    # unittest: events = self.enterContext(capture())          (Python 3.11+)
+    # unittest: in setUp()
+    self.events = EventCapture().start()
+    self.addCleanup(self.events.stop)
 """
 
 from __future__ import annotations

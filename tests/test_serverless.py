@@ -336,3 +336,42 @@ def test_mypy_keeps_the_handler_signature(tmp_path: Path) -> None:
     revealed = "def (event: dict[str, Any], context: object) -> typing.Coroutine[Any, Any, str]"
     assert revealed in out, out
     assert out.count("error:") == 1, out
+
+
+def test_concurrent_invocations_keep_their_own_batch_deadline_and_context(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    analytics = make_client()
+    both_halfway = threading.Barrier(2)
+
+    @with_analytics(analytics, batch=True, invocation_context=True)
+    def handler(event: dict[str, Any], context: Any) -> None:
+        for i in range(5):
+            analytics.track(user_id=event["user"], event=f"e{i}")
+            if i == 2:
+                both_halfway.wait(timeout=5)  # the two invocations interleave their calls
+
+    threads = [
+        threading.Thread(target=handler, args=({"user": user}, FakeLambdaContext(5, f"req-{user}")))
+        for user in ("a", "b")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batches = [r.payload["batch"] for r in collector.requests if r.payload]
+    assert sorted(len(batch) for batch in batches) == [5, 5]  # one request per invocation
+    for batch in batches:
+        user = batch[0]["userId"]
+        assert {m["userId"] for m in batch} == {user}
+        assert {m["context"]["faas"]["invocation_id"] for m in batch} == {f"req-{user}"}
+
+
+def test_calls_still_held_when_the_block_ends_are_not_lost(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    analytics = make_client(flush_at=10)
+    with analytics.hold():
+        analytics.track(user_id="u", event="held")
+    assert collector.request_count == 0 and analytics.stats.queued == 1
+    assert analytics.flush().sent == 1

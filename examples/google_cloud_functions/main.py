@@ -12,8 +12,8 @@ The decorators, outermost first:
    stall or be lost.
 
 The budget is the function's timeout (``CLOUD_RUN_TIMEOUT_SECONDS``, set by the platform)
-minus a 0.5 s margin.  The client is per instance and its batching is per client: deploy
-with ``--concurrency 1`` (see README.md) so one instance runs one invocation at a time.
+minus a 0.5 s margin.  The client is shared by the instance's concurrent requests; each
+request's deadline, batch and context belong to that request (they live in a ContextVar).
 """
 
 from __future__ import annotations
