@@ -534,7 +534,13 @@ class Analytics:
         )
         mid: str = built["messageId"]
         message = built
-        for middleware in (*self._middleware, *scope.middleware):
+        data = encode_message(message)
+        middlewares = (*self._middleware, *scope.middleware)
+        if middlewares:
+            # Middleware gets a wire-format deep copy: it may change anything, and the
+            # caller's dicts stay untouched.
+            message = json.loads(data)
+        for middleware in middlewares:
             changed = middleware(message)
             if changed is None:
                 with self._lock:
@@ -543,8 +549,9 @@ class Analytics:
             if not isinstance(changed, dict):
                 raise InvalidTypeError("middleware", f"returned a {type(changed).__name__}")
             message = changed
-        data = encode_message(message)
-        mid = message.get("messageId", mid)
+        if middlewares:
+            data = encode_message(message)
+            mid = message.get("messageId", mid)
 
         if self._closed:
             return self._after_close(mid, message, callback)

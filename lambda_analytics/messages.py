@@ -1,8 +1,8 @@
 """Build, validate and encode one tracking-protocol message.  Pure: no I/O, no clock, no random.
 
 The caller passes ``now`` and ``new_id`` so that tests are tables and the client decides where
-time and randomness come from.  Values are copied while they are normalised, so the caller's
-dicts are never mutated.
+time and randomness come from.  Messages hold the caller's dicts by reference and the
+C JSON encoder reads them, so nothing is copied on the way and nothing writes to them.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ from enum import Enum
 from typing import Any, Final
 
 from ._version import __version__
-from .errors import InvalidTypeError, MessageTooLargeError, ValidationError
+from .errors import AnalyticsError, InvalidTypeError, MessageTooLargeError, ValidationError
 
 MAX_MESSAGE_BYTES: Final = 32_000
 """The protocol allows 32 KB per message; read as 1,000-byte KB, the safe side of every backend."""
 MAX_MESSAGE_ID_LENGTH: Final = 99
 """Message ids must stay under 100 characters."""
-MAX_DEPTH: Final = 100
-# json.dumps refuses integers over 4,300 digits (CPython's int/str limit); far below that a
-# number is already meaningless to every backend, so refuse it with a field name instead.
-_MAX_INT_BITS: Final = 4_000
 
 LIBRARY: Final[Mapping[str, str]] = {"name": "lambda_analytics", "version": __version__}
 
@@ -123,110 +119,134 @@ def build_message(
 def encode_message(message: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON of one message, exactly as it will stand in the batch.
 
-    Raises MessageTooLargeError over 32 KB, InvalidTypeError/ValidationError (naming the
-    field) when middleware left something that is not JSON.
+    The C encoder does the work, converting datetime, date, Decimal, UUID, Enum and sets on
+    the way (see :func:`normalise`).  Raises MessageTooLargeError over 32 KB, and
+    ValidationError/InvalidTypeError naming the field (``properties.price``) for a value that
+    cannot be JSON.
     """
     try:
-        data = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        encoded = data.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        field = _find(message, lambda v: isinstance(v, str) and not _utf8_ok(v))
-        raise ValidationError(field or "message", "contains a lone surrogate, not UTF-8") from exc
-    except (TypeError, ValueError) as exc:
-        normalise(message, "message")  # raises with the field's name
-        raise InvalidTypeError("message", str(exc)) from exc  # pragma: no cover - belt and braces
-    if len(encoded) > MAX_MESSAGE_BYTES:
-        raise MessageTooLargeError(len(encoded), MAX_MESSAGE_BYTES)
-    return encoded
+        data = _ENCODER.encode(message).encode("utf-8")
+    except RecursionError:
+        raise ValidationError(_deep_field(message), "is nested too deeply to encode") from None
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError too
+        raise _explain(message, "") from exc
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLargeError(len(data), MAX_MESSAGE_BYTES)
+    return data
 
 
 def normalise(value: object, field: str) -> Any:
-    """A JSON-ready copy of ``value``; raises naming ``field`` (``properties.items[2].price``).
+    """A JSON-ready deep copy of ``value``; raises naming ``field`` (``properties.items[2].price``).
 
-    datetime and date become ISO-8601 strings, Decimal a float, UUID a string, Enum its value,
-    tuple/set/frozenset a list.  NaN, infinity, bytes and other objects are refused.
+    datetime (as UTC ISO-8601; naive means UTC) and date become strings, Decimal a float, UUID a
+    string, Enum its value, tuple/set/frozenset a list, int/float/bool/None keys strings as
+    json.dumps makes them.  NaN, infinity, bytes, cycles and other objects are refused.
     """
-    return _normalise(value, field, set(), 0)
+    try:
+        text = _ENCODER.encode(value)
+        text.encode("utf-8")
+    except RecursionError:
+        raise ValidationError(field, "is nested too deeply to encode") from None
+    except (TypeError, ValueError) as exc:
+        raise _explain(value, field) from exc
+    return json.loads(text)
 
 
-def _normalise(value: object, field: str, seen: set[int], depth: int) -> Any:
-    kind = type(value)
-    if kind is str or value is None or kind is bool:
-        return value
-    if kind is int:
-        return _integer(value, field)  # type: ignore[arg-type]
-    if kind is float:
-        return _finite(value, field)  # type: ignore[arg-type]
-    if depth >= MAX_DEPTH:
-        raise ValidationError(field, f"is nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, (dict, Mapping, list, tuple, set, frozenset)):
-        if id(value) in seen:
-            raise ValidationError(field, "contains itself (a circular reference)")
-        seen.add(id(value))
-        try:
-            if isinstance(value, Mapping):
-                return {
-                    _key(k, field): _normalise(v, f"{field}.{k}", seen, depth + 1)
-                    for k, v in value.items()
-                }
-            items = _ordered(value) if isinstance(value, (set, frozenset)) else value
-            return [_normalise(v, f"{field}[{i}]", seen, depth + 1) for i, v in enumerate(items)]
-        finally:
-            seen.discard(id(value))
-    return _convert(value, field, seen, depth)
-
-
-def _convert(value: object, field: str, seen: set[int], depth: int) -> Any:
-    # Enum first: a StrEnum or IntEnum is also a str or int, but its value is what is meant.
+def _default(value: object) -> Any:
+    """What the JSON encoder calls for a value it does not know; TypeError when none fits."""
     if isinstance(value, Enum):
-        return _normalise(value.value, field, seen, depth + 1)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return _integer(int(value), field)
-    if isinstance(value, float):
-        return _finite(float(value), field)
+        return value.value
     if isinstance(value, _dt.datetime):
         return format_timestamp(value)
     if isinstance(value, _dt.date):
         return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return _ordered(value)
+    if isinstance(value, Mapping):
+        return dict(value)
     # A Decimal or UUID can only exist if its module was imported: checking sys.modules spares
     # every cold start the import of decimal and uuid.
     decimal = sys.modules.get("decimal")
     if decimal is not None and isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            raise ValidationError(field, f"{value} is not a finite number, not valid JSON")
-        return _finite(float(value), field)
+        return float(value)  # NaN and infinity are then refused like any float
     uuid = sys.modules.get("uuid")
     if uuid is not None and isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        raise InvalidTypeError(field, "bytes are not JSON; decode them to str first")
-    raise InvalidTypeError(field, f"a {type(value).__name__} cannot be sent as JSON")
+        raise TypeError("bytes are not JSON; decode them to str first")
+    raise TypeError(f"a {type(value).__name__} cannot be sent as JSON")
 
 
-def _integer(value: int, field: str) -> int:
-    if value.bit_length() > _MAX_INT_BITS:
-        raise ValidationError(field, f"integer of {value.bit_length()} bits is too large")
-    return value
+_ENCODER: Final = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default
+)
 
 
-def _finite(value: float, field: str) -> float:
-    if not math.isfinite(value):
-        raise ValidationError(field, f"{value} is not a finite number, not valid JSON")
-    return value
+def _explain(value: object, root: str) -> AnalyticsError:
+    """The error naming the first value the encoder refused (only run once it has refused)."""
+    try:
+        _check(value, root, set())
+    except AnalyticsError as error:
+        return error
+    return InvalidTypeError(root or "message", "cannot be encoded as JSON")  # pragma: no cover
 
 
-def _key(key: object, field: str) -> str:
-    if type(key) is str:
-        return key
+def _check(value: object, field: str, seen: set[int]) -> None:
+    """Raise for the first value under ``value`` that the encoder refuses, naming its path."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(field, "contains a lone surrogate, not UTF-8") from None
+    elif value is None or isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        try:
+            int.__repr__(value)
+        except ValueError:
+            raise ValidationError(field, "is an integer too large to send") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(field, f"{value} is not a finite number, not valid JSON")
+    elif isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            raise ValidationError(field, "contains itself (a circular reference)")
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_key(key, field)
+                _check(item, f"{field}.{key}" if field else str(key), seen)
+        else:
+            for index, item in enumerate(value):
+                _check(item, f"{field}[{index}]", seen)
+        seen.discard(id(value))
+    else:
+        try:
+            converted = _default(value)
+        except TypeError as exc:
+            raise InvalidTypeError(field, str(exc)) from None
+        _check(converted, field, seen)
+
+
+def _check_key(key: object, field: str) -> None:
     if isinstance(key, str):
-        return str.__str__(key)
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(int(key))  # what json.dumps would do, made explicit
-    raise InvalidTypeError(f"{field}[{key!r}]", f"keys must be strings, not {type(key).__name__}")
+        _check(key, f"{field}[{key!r}]", set())
+    elif isinstance(key, float) and not math.isfinite(key):
+        raise ValidationError(f"{field}[{key!r}]", "a key must be a finite number or a string")
+    elif not (key is None or isinstance(key, (int, float))):
+        kind = type(key).__name__
+        raise InvalidTypeError(f"{field}[{key!r}]", f"keys must be strings, not {kind}")
+
+
+def _deep_field(message: Mapping[str, Any]) -> str:
+    for key, value in message.items():
+        try:
+            _ENCODER.encode(value)
+        except RecursionError:
+            return str(key)
+        except (TypeError, ValueError):
+            continue
+    return "message"
 
 
 def _ordered(items: set[Any] | frozenset[Any]) -> list[Any]:
@@ -236,13 +256,13 @@ def _ordered(items: set[Any] | frozenset[Any]) -> list[Any]:
         return list(items)
 
 
-def _mapping(field: str, value: object) -> JSONDict:
+def _mapping(field: str, value: object) -> Mapping[str, Any]:
+    # Kept by reference: the encoder reads it, nothing writes to it (middleware gets a copy).
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidTypeError(field, f"must be a dict, not {type(value).__name__}")
-    result: JSONDict = normalise(value, field)
-    return result
+    return value
 
 
 def _identifier(key: str, value: object) -> str | None:
@@ -251,7 +271,10 @@ def _identifier(key: str, value: object) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidTypeError(name, f"must be a string or an integer, not {type(value).__name__}")
-    text = str(value).strip() if isinstance(value, str) else str(int(value))
+    try:
+        text = str.__str__(value).strip() if isinstance(value, str) else int.__repr__(value)
+    except ValueError:  # over CPython's 4,300-digit limit for int -> str
+        raise ValidationError(name, "is an integer too large to be an id") from None
     if not text:
         return None if key in ("userId", "anonymousId") else _missing(name)
     return text
@@ -275,32 +298,3 @@ def _message_id(value: object) -> str:
     if not value or len(value) > MAX_MESSAGE_ID_LENGTH:
         raise ValidationError("message_id", f"must be 1 to {MAX_MESSAGE_ID_LENGTH} characters")
     return value
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _find(value: object, bad: Callable[[object], bool], field: str = "") -> str | None:
-    """The path of the first value (or dict key) for which ``bad`` is true."""
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            path = f"{field}.{k}" if field else str(k)
-            if bad(k) or bad(v):
-                return path
-            found = _find(v, bad, path)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            path = f"{field}[{i}]"
-            if bad(v):
-                return path
-            found = _find(v, bad, path)
-            if found:
-                return found
-    return None

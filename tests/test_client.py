@@ -303,6 +303,26 @@ def test_middleware_changes_drops_and_can_be_removed(
     assert analytics.stats.dropped == 1
 
 
+def test_middleware_works_on_a_copy_so_caller_dicts_are_never_mutated(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    analytics = make_client()
+
+    def meddle(message: dict[str, Any]) -> dict[str, Any]:
+        message["properties"]["items"][0]["price"] = 0
+        message["context"]["ip"] = "0.0.0.0"
+        return message
+
+    analytics.add_middleware(meddle)
+    properties = {"items": [{"price": 9.5, "when": dt.date(2024, 1, 1)}]}
+    context = {"ip": "1.2.3.4"}
+    analytics.track(user_id="u", event="x", properties=properties, context=context)
+    assert properties == {"items": [{"price": 9.5, "when": dt.date(2024, 1, 1)}]}
+    assert context == {"ip": "1.2.3.4"}
+    [message] = collector.messages
+    assert message["properties"]["items"][0] == {"price": 0, "when": "2024-01-01"}
+
+
 def test_hook_exceptions_never_reach_the_caller(
     collector: Collector, make_client: MakeClient
 ) -> None:
