@@ -1,4 +1,4 @@
-"""The ``lambda-analytics`` command line (also ``python -m lambda_analytics``).
+"""lambda-analytics: the command line of lambda_analytics (also python -m lambda_analytics).
 
 Send one message (the write key comes from ANALYTICS_WRITE_KEY, like every ANALYTICS_*
 setting of the default client, or from --write-key):
@@ -47,8 +47,6 @@ EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 SEND_TIMEOUT: Final = 10.0
 """Default seconds one call may take to deliver, retries included."""
-IMPORT_TIMEOUT: Final = 60.0
-"""Default seconds one import batch may take to deliver, retries included."""
 MAX_REPORTED_LINES: Final = 50
 """Invalid lines listed one by one; beyond this only their count is given."""
 MESSAGE_TYPES: Final = ("track", "identify", "page", "screen", "group", "alias")
@@ -424,6 +422,9 @@ def import_file(args: argparse.Namespace) -> int:
                 "sent (fix them, or pass --skip-invalid to send the valid lines)",
                 EXIT_USAGE,
             )
+        if client.disable:  # ANALYTICS_DISABLE=1: a dry run
+            print(f"{total} valid messages, not sent: ANALYTICS_DISABLE is set")
+            return 0
         # 2. Send.
         stream.seek(0)
         return _send_lines(args, client, stream, total, bad, failed_path)
@@ -455,7 +456,8 @@ def _send_lines(
         progress.update(sent, failed.count)
 
     client.on_request, client.on_error = on_request, on_error
-    timeout = args.timeout or IMPORT_TIMEOUT
+    # No deadline unless asked: a bulk import should wait out a 429's Retry-After.
+    timeout: float | None = args.timeout
     handed = 0
     late: list[str] = []
     try:
@@ -466,8 +468,11 @@ def _send_lines(
                 if text is None:
                     raise LineError("not UTF-8 text")
                 kind, kwargs = parse_line(text)
-                with client.deadline(timeout):
+                if timeout is None:
                     _call(client, kind)(**kwargs)
+                else:
+                    with client.deadline(timeout):  # for the batch this call may send
+                        _call(client, kind)(**kwargs)
             except (LineError, AnalyticsError) as exc:  # the file changed since the check?
                 late.append(f"{number}: {exc}")
                 continue
@@ -478,7 +483,10 @@ def _send_lines(
         progress.update(sent, failed.count, final=True)
         failed.commit()
         unsent = handed - sent - failed.count
-        print(f"interrupted: {sent} sent, {failed.count} failed, {unsent} read but not sent")
+        print(
+            f"interrupted: {sent} sent, {failed.count} failed, {unsent} read but not sent, "
+            f"{total - handed} not read"
+        )
         return EXIT_INTERRUPTED
     except BaseException:
         failed.discard()
@@ -487,7 +495,7 @@ def _send_lines(
     failed.commit()
     elapsed = time.monotonic() - progress.started
     for line in late:
-        print(f"{args.file}:{line}", file=sys.stderr)
+        print(f"{'stdin' if args.file == '-' else args.file}:{line}", file=sys.stderr)
     for reason, count in errors.items():
         print(f"not delivered ({count} messages): {reason}", file=sys.stderr)
     others = handed - sent - failed.count  # kept in the spool (ANALYTICS_SPOOL_DIR)
@@ -606,45 +614,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_positive,
         metavar="SECONDS",
-        help=f"deadline of one request with its retries (default {SEND_TIMEOUT:g}; "
-        f"import: {IMPORT_TIMEOUT:g} per batch)",
+        help=f"deadline of one request with its retries (default {SEND_TIMEOUT:g}; import: "
+        "none, the retry policy bounds each batch)",
     )
 
-    common = _Parser(add_help=False)
-    fields = common.add_argument_group("message")
-    fields.add_argument("--context", type=_json_object, metavar="JSON")
-    fields.add_argument("--integrations", type=_json_object, metavar="JSON")
-    fields.add_argument(
-        "--timestamp", type=_timestamp_argument, metavar="ISO", help="when it happened (now)"
-    )
-    fields.add_argument("--message-id", metavar="ID", help="for deduplication (a new UUID)")
-
-    def call(name: str, text: str) -> argparse.ArgumentParser:
-        command = commands.add_parser(
-            name, help=text, description=text, parents=[common, connection]
+    json_value: dict[str, Any] = {"type": _json_object, "metavar": "JSON"}
+    calls: list[tuple[str, str, list[tuple[str, dict[str, Any]]]]] = [
+        ("track", "record that a user did something", [
+            ("--event", {"required": True, "help": 'e.g. "Order Completed"'}),
+            ("--properties", json_value),
+        ]),
+        ("identify", "tie a user to their traits", [("--traits", json_value)]),
+        ("page", "record a page view of a website", [
+            ("--name", {}), ("--category", {}), ("--properties", json_value),
+        ]),
+        ("screen", "record a screen of an app", [
+            ("--name", {}), ("--category", {}), ("--properties", json_value),
+        ]),
+        ("group", "tie a user to a group (account, company)", [
+            ("--group-id", {"required": True, "metavar": "ID"}), ("--traits", json_value),
+        ]),
+        ("alias", "merge a previous id into --user-id", [
+            ("--previous-id", {"required": True, "metavar": "ID"}),
+        ]),
+    ]  # fmt: skip
+    for name, text, specific in calls:
+        command = commands.add_parser(name, help=text, description=text, parents=[connection])
+        fields = command.add_argument_group(
+            "message", "JSON values are given inline, or as @FILE to read them from a file."
         )
         if name == "alias":
-            command.add_argument("--user-id", metavar="ID", required=True)
+            fields.add_argument("--user-id", metavar="ID", required=True)
         else:
-            command.add_argument("--user-id", metavar="ID")
-            command.add_argument("--anonymous-id", metavar="ID")
-        return command
-
-    track = call("track", "record that a user did something")
-    track.add_argument("--event", required=True, help='e.g. "Order Completed"')
-    track.add_argument("--properties", type=_json_object, metavar="JSON")
-    identify = call("identify", "tie a user to their traits")
-    identify.add_argument("--traits", type=_json_object, metavar="JSON")
-    for name, what in (("page", "a page view of a website"), ("screen", "a screen of an app")):
-        view = call(name, f"record {what}")
-        view.add_argument("--name")
-        view.add_argument("--category")
-        view.add_argument("--properties", type=_json_object, metavar="JSON")
-    group_call = call("group", "tie a user to a group (account, company)")
-    group_call.add_argument("--group-id", required=True, metavar="ID")
-    group_call.add_argument("--traits", type=_json_object, metavar="JSON")
-    alias = call("alias", "merge a previous id into --user-id")
-    alias.add_argument("--previous-id", required=True, metavar="ID")
+            fields.add_argument("--user-id", metavar="ID")
+            fields.add_argument("--anonymous-id", metavar="ID")
+        for flag, options in specific:
+            fields.add_argument(flag, **options)
+        fields.add_argument("--context", **json_value)
+        fields.add_argument("--integrations", **json_value)
+        fields.add_argument(
+            "--timestamp", type=_timestamp_argument, metavar="ISO", help="when it happened (now)"
+        )
+        fields.add_argument("--message-id", metavar="ID", help="for deduplication (a new UUID)")
 
     run_import = commands.add_parser(
         "import",
