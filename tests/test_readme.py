@@ -15,7 +15,12 @@ from lambda_analytics.collector import Collector
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Snippets that need a platform runtime or files of their own are run by their own tests.
-NEEDS_ELSEWHERE = ("from workers", "functions_framework", "private.pem", "127.0.0.1:8765")
+NEEDS_ELSEWHERE = (
+    "from workers",
+    "functions_framework",
+    "private.pem",
+    "127.0.0.1:8765",
+)
 BLOCKS = [
     block
     for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
@@ -34,7 +39,14 @@ def test_readme_snippet_runs(
     code = block.replace("YOUR_WRITE_KEY", WRITE_KEY).replace("/tmp/analytics-spool", str(tmp_path))
     namespace = {"rows": [{"user": "u1", "at": dt.datetime(2024, 1, 1)}], "__name__": "readme"}
     exec(compile(code, "README.md", "exec"), namespace)
+    if "def test_" in code:  # the pytest plugin's example: run its test with the same capture
+        from lambda_analytics.testing import capture
+
+        with capture() as events:
+            namespace["test_checkout_tracks_the_order"](events)
+        return
     if "def handler" in code:
-        namespace["handler"]({"user": "u1"}, None)
+        event = {"user": "u1", "total": 9.99, "requestContext": {"http": {"sourceIp": "1.2.3.4"}}}
+        namespace["handler"](event, None)
     assert collector.rejected_count == 0
     assert collector.messages, "the snippet sent nothing"
