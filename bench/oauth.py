@@ -5,8 +5,9 @@
 
 Against the real oidc-provider (tests/oauth) and a collector that checks each token once by
 introspection and caches the answer (as an API gateway would), all on loopback.  Each
-repetition builds a fresh client of each kind in this process and times, in the same run: building the client (OAuth parses the private key there),
-the first `track` (OAuth fetches a token there), and the median of the following `track` calls.
+repetition builds a fresh client of each kind in this process and times, in the same run:
+building the client (OAuth parses the private key there), the first `track` (OAuth fetches a
+token there), and the median of the following `track` calls.
 The write-key client is the baseline; OAuth's later calls should cost the same.
 """
 
