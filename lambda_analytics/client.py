@@ -719,14 +719,18 @@ class Analytics:
             time.sleep(decision.delay)
 
     def _status_error(self, response: Response) -> HTTPStatusError:
-        reason = response.body[:300].decode("utf-8", "replace").strip()
+        # Redact before cutting: a key straddling the cut would otherwise show its prefix.
+        window = response.body[:8192]  # enough for any secret that starts in the first 300
+        reason = self._redact(window.decode("utf-8", "replace")).strip()[:300]
         if 300 <= response.status < 400:
             reason = f"redirect to {response.headers.get('location', '?')} not followed"
         return HTTPStatusError(response.status, self._redact(reason))
 
     def _redact(self, text: str) -> str:
-        if self._write_key and self._write_key in text:
-            text = text.replace(self._write_key, "<redacted>")
+        if self._write_key:
+            basic = base64.b64encode(f"{self._write_key}:".encode()).decode()
+            for secret in (basic, self._write_key):  # the Basic form is the key, encoded
+                text = text.replace(secret, "<redacted>")
         return text if self._tokens is None else self._tokens.redact(text)
 
     def _observe(
@@ -756,7 +760,9 @@ class Analytics:
             attempt=attempt,
             duration=duration,
             status=status,
-            response_headers={} if response is None else dict(response.headers),
+            response_headers={}
+            if response is None
+            else {name: self._redact(value) for name, value in response.headers.items()},
             error=error,
         )
         _safely(hook, info)

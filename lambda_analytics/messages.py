@@ -109,7 +109,10 @@ def build_message(
     if timestamp is None:
         message["timestamp"] = format_timestamp(now)
     elif isinstance(timestamp, _dt.datetime):
-        message["timestamp"] = format_timestamp(timestamp)
+        try:
+            message["timestamp"] = format_timestamp(timestamp)
+        except OverflowError:
+            raise ValidationError("timestamp", "is out of range once converted to UTC") from None
     else:
         raise InvalidTypeError("timestamp", f"must be a datetime, not {type(timestamp).__name__}")
     message["messageId"] = new_id() if message_id is None else _message_id(message_id)
@@ -128,7 +131,7 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
         data = _ENCODER.encode(message).encode("utf-8")
     except RecursionError:
         raise ValidationError(_deep_field(message), "is nested too deeply to encode") from None
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError too
+    except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError: a ValueError
         raise _explain(message, "") from exc
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLargeError(len(data), MAX_MESSAGE_BYTES)
@@ -147,7 +150,7 @@ def normalise(value: object, field: str) -> Any:
         text.encode("utf-8")
     except RecursionError:
         raise ValidationError(field, "is nested too deeply to encode") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise _explain(value, field) from exc
     return json.loads(text)
 
@@ -215,7 +218,8 @@ def _check(value: object, field: str, seen: set[int]) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 _check_key(key, field)
-                _check(item, f"{field}.{key}" if field else str(key), seen)
+                name = _ARGUMENT.get(str(key), str(key))
+                _check(item, f"{field}.{key}" if field else name, seen)
         else:
             for index, item in enumerate(value):
                 _check(item, f"{field}[{index}]", seen)
@@ -225,7 +229,13 @@ def _check(value: object, field: str, seen: set[int]) -> None:
             converted = _default(value)
         except TypeError as exc:
             raise InvalidTypeError(field, str(exc)) from None
+        except (ValueError, OverflowError) as exc:  # a datetime out of range, a Decimal sNaN
+            raise ValidationError(field, f"cannot be converted to JSON: {exc}") from None
+        if id(value) in seen:  # a Mapping that is not a dict, showing a dict that holds it
+            raise ValidationError(field, "contains itself (a circular reference)")
+        seen.add(id(value))
         _check(converted, field, seen)
+        seen.discard(id(value))
 
 
 def _check_key(key: object, field: str) -> None:
@@ -233,9 +243,19 @@ def _check_key(key: object, field: str) -> None:
         _check(key, f"{field}[{key!r}]", set())
     elif isinstance(key, float) and not math.isfinite(key):
         raise ValidationError(f"{field}[{key!r}]", "a key must be a finite number or a string")
+    elif isinstance(key, int) and not isinstance(key, bool) and _unprintable(key):
+        raise ValidationError(field, "has an integer key too large to send")
     elif not (key is None or isinstance(key, (int, float))):
         kind = type(key).__name__
         raise InvalidTypeError(f"{field}[{key!r}]", f"keys must be strings, not {kind}")
+
+
+def _unprintable(number: int) -> bool:
+    try:
+        int.__repr__(number)
+    except ValueError:
+        return True
+    return False
 
 
 def _deep_field(message: Mapping[str, Any]) -> str:

@@ -81,6 +81,7 @@ class Urllib3Transport:
         self._max_idle = max_idle
         self._pool = self._new_pool()
         self._pid = os.getpid()
+        self._orphans: list[urllib3.PoolManager] = []
         self._last_used = time.monotonic()
 
     def __repr__(self) -> str:
@@ -96,7 +97,7 @@ class Urllib3Transport:
     ) -> Response:
         """POST once; a pooled connection found dead is replaced and the request sent again."""
         if os.getpid() != self._pid:
-            self._pool, self._pid = self._new_pool(), os.getpid()
+            self._leave_parents_pool()
         now = time.monotonic()
         if now - self._last_used > self._max_idle:
             self._pool.clear()
@@ -137,7 +138,17 @@ class Urllib3Transport:
 
     def reset(self) -> None:
         """Close every pooled connection; the next request opens a new one."""
+        if os.getpid() != self._pid:
+            self._leave_parents_pool()
+            return
         self._pool.clear()
+
+    def _leave_parents_pool(self) -> None:
+        # In a forked child, the parent's pool may have been locked by another thread at the
+        # moment of fork: clear() (or its finalizers, on garbage collection) would wait forever.
+        # Keep it untouched and referenced; its sockets are the parent's, never used here.
+        self._orphans.append(self._pool)
+        self._pool, self._pid = self._new_pool(), os.getpid()
 
     def close(self) -> None:
         """Close every pooled connection."""
