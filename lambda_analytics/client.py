@@ -35,10 +35,10 @@ from .errors import (
     SpoolError,
     TransportError,
 )
-from .messages import JSONDict, build_message, encode_message, format_timestamp
+from .messages import JSONDict, build_message, encode_message, utc_text
 from .oauth import OAuthSettings, TokenSource
 from .retry import RetryPolicy
-from .transport import Response, Transport, Urllib3Transport
+from .transport import Response, Transport, Urllib3Transport, settled
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -137,6 +137,8 @@ class _Outcome:
         self.sent: list[_Queued] = []
         self.failures: list[tuple[DeliveryError, list[_Queued]]] = []
         self.spooled: list[tuple[DeliveryError, list[_Queued]]] = []
+        self.pending: list[_Queued] = []
+        """Sent, response not read yet (a pipelined batch): reported by the next flush."""
 
     def result(self) -> FlushResult:
         failed = [json.loads(item.data) for _, items in self.failures for item in items]
@@ -153,6 +155,24 @@ class _Outcome:
             if any(i is item for i in items):
                 return error
         return None
+
+
+class _Attempt:
+    """One HTTP attempt under way: what was sent, and how to get its response."""
+
+    __slots__ = ("body_bytes", "finish", "headers", "started")
+
+    def __init__(
+        self,
+        headers: Mapping[str, str],
+        body_bytes: int,
+        started: float,
+        finish: Callable[[], Response],
+    ) -> None:
+        self.headers = headers
+        self.body_bytes = body_bytes
+        self.started = started
+        self.finish = finish
 
 
 class _Scope:
@@ -272,6 +292,7 @@ class Analytics:
         self._queued_bytes = 0
         self._closed = False
         # The default scope is never changed (held is None): each block sets a new one.
+        self._in_flight: tuple[_Attempt, list[_Queued]] | None = None
         self._scopes = contextvars.ContextVar("lambda_analytics_scope", default=_ROOT)
         self._counts = {"sent": 0, "failed": 0, "dropped": 0, "disabled": 0, "after_close": 0}
         _clients.add(self)
@@ -498,7 +519,8 @@ class Analytics:
     def stats(self) -> Stats:
         """Counters of what this client sent, failed, dropped and queued."""
         with self._lock:
-            return Stats(**self._counts, queued=len(self._queue))
+            flying = 0 if self._in_flight is None else len(self._in_flight[1])
+            return Stats(**self._counts, queued=len(self._queue) + flying)
 
     @property
     def closed(self) -> bool:
@@ -520,7 +542,7 @@ class Analytics:
         callback: MessageCallback | None,
     ) -> CallResult:
         scope = self._scopes.get()
-        built = build_message(
+        message = build_message(
             kind,
             fields,
             user_id=user_id,
@@ -529,38 +551,25 @@ class Analytics:
             integrations=integrations,
             timestamp=timestamp,
             message_id=message_id,
-            now=_dt.datetime.now(_dt.timezone.utc),
+            now=utc_text(time.time()),
             new_id=scope.new_id,
         )
-        mid: str = built["messageId"]
-        message = built
         data = encode_message(message)
-        middlewares = (*self._middleware, *scope.middleware)
-        if middlewares:
-            # Middleware gets a wire-format deep copy: it may change anything, and the
-            # caller's dicts stay untouched.
-            message = json.loads(data)
-        for middleware in middlewares:
-            changed = middleware(message)
+        if self._middleware or scope.middleware:
+            changed = self._run_middleware(message, data, scope)
             if changed is None:
-                with self._lock:
-                    self._counts["dropped"] += 1
-                return CallResult(mid, dropped=True)
-            if not isinstance(changed, dict):
-                raise InvalidTypeError("middleware", f"returned a {type(changed).__name__}")
-            message = changed
-        if middlewares:
-            data = encode_message(message)
-            mid = message.get("messageId", mid)
-
+                return CallResult(message["messageId"], dropped=True)
+            message, data = changed
+        mid: str = message["messageId"]
         if self._closed:
-            return self._after_close(mid, message, callback)
+            return self._after_close(mid, json.loads(data), callback)
         if self.disable:
             with self._lock:
                 self._counts["disabled"] += 1
             return CallResult(mid)
 
-        item = _Queued(data, callback, time.monotonic(), mid)
+        now = time.monotonic()
+        item = _Queued(data, callback, now, mid)
         if scope.held is not None:
             return self._hold(item, scope)
         earlier = mine = None
@@ -572,21 +581,39 @@ class Analytics:
                 > batching.MAX_BATCH_BYTES
             ):
                 # Send what is queued first rather than drop anything or overfill a batch.
-                earlier = self._flush_locked(scope.deadline)
-            self._queue.append(item)
+                earlier = self._flush_locked(scope.deadline, pipeline=self.flush_at > 1)
+                queue = self._queue
+            queue.append(item)
             self._queued_bytes += len(data)
-            if (
-                len(self._queue) >= self.flush_at
-                or time.monotonic() - self._queue[0].enqueued_at >= self.flush_interval
-            ):
-                mine = self._flush_locked(scope.deadline)
+            full = len(queue) >= self.flush_at
+            if full or now - queue[0].enqueued_at >= self.flush_interval:
+                # A full batch in a batch job is pipelined; flush_at=1 and the interval are not.
+                mine = self._flush_locked(scope.deadline, pipeline=full and self.flush_at > 1)
         if earlier is not None:
             self._report(earlier)
         if mine is None:
             return CallResult(mid, queued=True)
         self._report(mine)
+        if any(pending is item for pending in mine.pending):
+            return CallResult(mid, queued=True)
         error = mine.error_for(item)
         return CallResult(mid, delivered=error is None, error=error)
+
+    def _run_middleware(
+        self, message: JSONDict, data: bytes, scope: _Scope
+    ) -> tuple[JSONDict, bytes] | None:
+        """Middleware on a wire-format deep copy: it may change anything, callers' dicts stay."""
+        copy: JSONDict = json.loads(data)
+        for middleware in (*self._middleware, *scope.middleware):
+            changed = middleware(copy)
+            if changed is None:
+                with self._lock:
+                    self._counts["dropped"] += 1
+                return None
+            if not isinstance(changed, dict):
+                raise InvalidTypeError("middleware", f"returned a {type(changed).__name__}")
+            copy = changed
+        return copy, encode_message(copy)
 
     def _hold(self, item: _Queued, scope: _Scope) -> CallResult:
         assert scope.held is not None
@@ -608,8 +635,14 @@ class Analytics:
         mine = time.monotonic() + timeout
         return mine if current is None else min(mine, current)
 
-    def _flush_locked(self, deadline: float | None, held: list[_Queued] | None = None) -> _Outcome:
+    def _flush_locked(
+        self, deadline: float | None, held: list[_Queued] | None = None, *, pipeline: bool = False
+    ) -> _Outcome:
+        """Send what is queued (and ``held``).  With ``pipeline`` the last batch is left in
+        flight, its response read by the next flush, so a batch job builds its next batch
+        while the server reads this one."""
         outcome = _Outcome()
+        self._settle(outcome, deadline)
         items, self._queue, self._queued_bytes = self._queue, [], 0
         if held:
             items = items + held
@@ -624,9 +657,20 @@ class Analytics:
         if items and self._transport is None:  # disabled after messages were queued
             outcome.sent.extend(items)
         elif items:
-            for span in batching.split([len(i.data) for i in items], self._envelope):
+            spans = batching.split([len(i.data) for i in items], self._envelope)
+            # Not with a spool: its files are released when this flush ends.
+            pipeline = pipeline and claimed is None
+            for index, span in enumerate(spans):
                 chunk = items[span.start : span.stop]
-                error = self._send([i.data for i in chunk], deadline)
+                if pipeline and index == len(spans) - 1:
+                    started = self._start([i.data for i in chunk], deadline, 0, pipelined=True)
+                    if isinstance(started, _Attempt):
+                        self._in_flight = (started, chunk)
+                        outcome.pending.extend(chunk)
+                        continue
+                    error: DeliveryError | None = started or _deadline_error(None)
+                else:
+                    error = self._send([i.data for i in chunk], deadline)
                 if error is None:
                     outcome.sent.extend(chunk)
                 else:
@@ -637,6 +681,18 @@ class Analytics:
         self._counts["sent"] += len(outcome.sent)
         self._counts["failed"] += sum(len(items) for _, items in outcome.failures)
         return outcome
+
+    def _settle(self, outcome: _Outcome, deadline: float | None) -> None:
+        """Read the response of the batch left in flight (retrying it if need be)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        attempt, chunk = flight
+        error = self._send([i.data for i in chunk], deadline, first=attempt)
+        if error is None:
+            outcome.sent.extend(chunk)
+        else:
+            outcome.failures.append((error, chunk))
 
     def _spool_transient(self, spool: Spool, outcome: _Outcome) -> None:
         """Move failures that a later flush may deliver from ``failures`` to ``spooled``."""
@@ -664,37 +720,60 @@ class Analytics:
             return self.retry.is_retryable(error.status)
         return isinstance(error, (DeadlineExceededError, TransportError, OAuthError))
 
-    def _send(self, messages: Sequence[bytes], deadline: float | None) -> DeliveryError | None:
-        """Deliver one batch, retrying as the policy says; the error if it failed."""
+    def _start(
+        self, messages: Sequence[bytes], deadline: float | None, attempts: int, *, pipelined: bool
+    ) -> _Attempt | DeliveryError | None:
+        """Send one attempt; ``None`` when the deadline leaves no time, an error when no token."""
         assert self._transport is not None
+        transport = self._transport
+        now = time.monotonic()
+        remaining = None if deadline is None else deadline - now
+        if remaining is not None and remaining < self.retry.min_attempt_time:
+            return None
+        # sentAt is the clock at each attempt: the server corrects timestamps with it.
+        body = self._envelope.encode(messages, utc_text(time.time()), gzip=self.gzip)
+        headers = self._headers
+        if attempts:
+            headers = {**headers, "X-Retry-Count": str(attempts)}
+        if self._tokens is not None:
+            try:
+                headers = {**headers, "Authorization": self._tokens.authorization(deadline)}
+            except OAuthError as exc:
+                return exc
+        begin = getattr(transport, "begin", None) if pipelined else None
+        if begin is not None:
+            finish: Callable[[], Response] = begin(self.url, body, headers, remaining)
+        else:
+            finish = settled(lambda: transport.send(self.url, body, headers, remaining))
+        return _Attempt(headers, len(body), now, finish)
+
+    def _send(
+        self, messages: Sequence[bytes], deadline: float | None, first: _Attempt | None = None
+    ) -> DeliveryError | None:
+        """Deliver one batch, retrying as the policy says; the error if it failed.
+
+        ``first`` is an attempt already under way (a pipelined batch).
+        """
         policy = self.retry
-        attempts = 0
+        attempts = 0 if first is None else 1
+        attempt = first
         error: DeliveryError | None = None
         token_refreshed = False
         while True:
-            now = time.monotonic()
-            remaining = None if deadline is None else deadline - now
-            if remaining is not None and remaining < policy.min_attempt_time:
-                return _deadline_error(error)
-            sent_at = format_timestamp(_dt.datetime.now(_dt.timezone.utc))
-            body = self._envelope.encode(messages, sent_at, gzip=self.gzip)
-            headers = self._headers
-            if attempts:
-                headers = {**headers, "X-Retry-Count": str(attempts)}
-            if self._tokens is not None:
-                try:
-                    headers = {**headers, "Authorization": self._tokens.authorization(deadline)}
-                except OAuthError as exc:
-                    return exc
-            attempts += 1
+            if attempt is None:
+                started = self._start(messages, deadline, attempts, pipelined=False)
+                if not isinstance(started, _Attempt):
+                    return started or _deadline_error(error)
+                attempt, attempts = started, attempts + 1
             response: Response | None = None
             try:
-                response = self._transport.send(self.url, body, headers, remaining)
+                response = attempt.finish()
             except TransportError as exc:
                 error = exc
             else:
                 error = None if 200 <= response.status < 300 else self._status_error(response)
-            self._observe(headers, body, len(messages), attempts, now, response, error)
+            self._observe(attempt, len(messages), attempts, response, error)
+            attempt = None
             if error is None:
                 return None
             if self._tokens is not None and not token_refreshed and _refused(response):
@@ -735,29 +814,27 @@ class Analytics:
 
     def _observe(
         self,
-        headers: Mapping[str, str],
-        body: bytes,
+        attempt: _Attempt,
         count: int,
-        attempt: int,
-        started: float,
+        number: int,
         response: Response | None,
         error: DeliveryError | None,
     ) -> None:
-        duration = time.monotonic() - started
+        duration = time.monotonic() - attempt.started
         status = None if response is None else response.status
         logger.debug(
             "POST %s: %d messages, %d bytes, attempt %d -> %s in %.1f ms",
-            self.url, count, len(body), attempt, status or error, duration * 1000,
+            self.url, count, attempt.body_bytes, number, status or error, duration * 1000,
         )  # fmt: skip
         hook = self.on_request
         if hook is None:
             return
         info = RequestInfo(
             url=self.url,
-            headers={**headers, "Authorization": "<redacted>"},
-            body_bytes=len(body),
+            headers={**attempt.headers, "Authorization": "<redacted>"},
+            body_bytes=attempt.body_bytes,
             message_count=count,
-            attempt=attempt,
+            attempt=number,
             duration=duration,
             status=status,
             response_headers={}
@@ -806,7 +883,7 @@ class Analytics:
         # The parent still holds (and will send) what was queued; the child starts empty,
         # with a lock nobody holds and connections of its own.
         self._lock = threading.RLock()
-        self._queue, self._queued_bytes = [], 0
+        self._queue, self._queued_bytes, self._in_flight = [], 0, None
         if self._transport is not None:
             self._transport.reset()
 

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import math
 import sys
+import time as _time
 from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, Final
@@ -24,6 +25,7 @@ MAX_MESSAGE_ID_LENGTH: Final = 99
 """Message ids must stay under 100 characters."""
 
 LIBRARY: Final[Mapping[str, str]] = {"name": "lambda_analytics", "version": __version__}
+_LIBRARY_CONTEXT: Final[Mapping[str, Any]] = {"library": LIBRARY}
 
 MESSAGE_TYPES: Final = ("identify", "track", "page", "screen", "group", "alias")
 
@@ -36,14 +38,13 @@ _ARGUMENT: Final = {
     "messageId": "message_id",
 }
 _REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
+    "identify": (),
     "track": ("event",),
+    "page": (),
+    "screen": (),
     "group": ("groupId",),
     "alias": ("previousId", "userId"),
 }
-_ID_FIELDS: Final = frozenset({"groupId", "previousId"})
-_TEXT_FIELDS: Final = frozenset({"event", "name", "category"})
-_DICT_FIELDS: Final = frozenset({"properties", "traits"})
-_SCALARS: Final = (str, int, type(None))
 _UTC: Final = _dt.timezone.utc
 
 JSONDict = dict[str, Any]
@@ -58,6 +59,23 @@ def format_timestamp(value: _dt.datetime) -> str:
     return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+def utc_text(unix_time: float) -> str:
+    """``format_timestamp`` for a Unix time, without building a datetime (the hot path).
+
+    The date and time of day are formatted once per second and cached.
+    """
+    global _SECOND
+    second = int(unix_time)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = (second, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(second)))
+        _SECOND = cached  # one tuple swap: safe between threads
+    return f"{cached[1]}.{int((unix_time - second) * 1000):03d}Z"
+
+
+_SECOND: tuple[int, str] = (-1, "")
+
+
 def build_message(
     kind: str,
     fields: Mapping[str, object],
@@ -68,15 +86,17 @@ def build_message(
     integrations: object = None,
     timestamp: object = None,
     message_id: object = None,
-    now: _dt.datetime,
+    now: str,
     new_id: Callable[[], str],
 ) -> JSONDict:
     """Return the wire-format dict for one call, or raise a ValidationError/InvalidTypeError.
 
     ``fields`` holds the type's own values under their wire names (``event``, ``properties``,
-    ``groupId``...); ``None`` values are left out.
+    ``groupId``...); ``None`` values are left out.  ``now`` is the current time as
+    :func:`utc_text` gives it.  Values inside dicts are checked by :func:`encode_message`.
     """
-    if kind not in MESSAGE_TYPES:
+    required = _REQUIRED.get(kind)
+    if required is None:
         raise ValidationError("type", f"must be one of {', '.join(MESSAGE_TYPES)}, not {kind!r}")
     message: JSONDict = {"type": kind}
     uid = _identifier("userId", user_id)
@@ -87,27 +107,26 @@ def build_message(
         message["userId"] = uid
     if aid is not None:
         message["anonymousId"] = aid
-
     for key, value in fields.items():
-        if value is None:
-            continue
-        if key in _ID_FIELDS:
-            message[key] = _identifier(key, value)
-        elif key in _TEXT_FIELDS:
-            message[key] = _text(key, value)
-        elif key in _DICT_FIELDS:
-            message[key] = _mapping(key, value)
-        else:
-            raise ValidationError(key, f"is not a field of a {kind} message")
-    for key in _REQUIRED.get(kind, ()):
-        if message.get(key) is None:
+        if value is not None:
+            check = _FIELD_CHECKS.get(key)
+            if check is None:
+                raise ValidationError(key, f"is not a field of a {kind} message")
+            message[key] = check(key, value)
+    for key in required:
+        if key not in message:
             raise ValidationError(_ARGUMENT.get(key, key), f"is required for {kind}")
 
-    message["context"] = {"library": dict(LIBRARY), **_mapping("context", context)}
+    # Shared, never copied: nothing writes to a built message (middleware gets a deep copy).
+    message["context"] = (
+        _LIBRARY_CONTEXT
+        if context is None
+        else {"library": LIBRARY, **_mapping("context", context)}
+    )
     if integrations is not None:
         message["integrations"] = _mapping("integrations", integrations)
     if timestamp is None:
-        message["timestamp"] = format_timestamp(now)
+        message["timestamp"] = now
     elif isinstance(timestamp, _dt.datetime):
         try:
             message["timestamp"] = format_timestamp(timestamp)
@@ -286,9 +305,13 @@ def _mapping(field: str, value: object) -> Mapping[str, Any]:
 
 
 def _identifier(key: str, value: object) -> str | None:
-    name = _ARGUMENT.get(key, key)
+    if type(value) is str:  # the common case, first
+        text = value.strip()
+        if text:
+            return text
     if value is None:
         return None
+    name = _ARGUMENT.get(key, key)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidTypeError(name, f"must be a string or an integer, not {type(value).__name__}")
     try:
@@ -318,3 +341,15 @@ def _message_id(value: object) -> str:
     if not value or len(value) > MAX_MESSAGE_ID_LENGTH:
         raise ValidationError("message_id", f"must be 1 to {MAX_MESSAGE_ID_LENGTH} characters")
     return value
+
+
+_FIELD_CHECKS: Final[Mapping[str, Callable[[str, Any], Any]]] = {
+    "event": _text,
+    "name": _text,
+    "category": _text,
+    "properties": _mapping,
+    "traits": _mapping,
+    "groupId": _identifier,
+    "previousId": _identifier,
+}
+"""How each type-specific field (wire name) is checked."""

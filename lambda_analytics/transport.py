@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .errors import TransportError
@@ -96,16 +96,7 @@ class Urllib3Transport:
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float | None
     ) -> Response:
         """POST once; a pooled connection found dead is replaced and the request sent again."""
-        if os.getpid() != self._pid:
-            self._leave_parents_pool()
-        now = time.monotonic()
-        if now - self._last_used > self._max_idle:
-            self._pool.clear()
-        self._last_used = now
-        connect, read = self._connect_timeout, self._read_timeout
-        if timeout is not None:
-            connect, read = min(connect, timeout), min(read, timeout)
-        limits = self._urllib3.Timeout(connect=max(connect, 0.001), read=max(read, 0.001))
+        limits = self._prepare(timeout)
         exceptions = self._urllib3.exceptions
         for stale_retry in (False, True):
             try:
@@ -129,12 +120,61 @@ class Urllib3Transport:
                 raise TransportError(f"timed out: {_describe(exc)}") from exc
             except (exceptions.HTTPError, OSError) as exc:
                 raise TransportError(f"request failed: {_describe(exc)}") from exc
-            return Response(
-                status=response.status,
-                headers={k.lower(): v for k, v in response.headers.items()},
-                body=response.data or b"",
-            )
+            return _response(response.status, response.headers, response.data)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def begin(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float | None
+    ) -> Callable[[], Response]:
+        """Send the request now; the returned function waits for its response.
+
+        Lets a batch job build its next batch while the server reads this one, with no
+        thread: the request sits in the socket until ``finish()``.  urllib3 has no public
+        call for this, so it drives a pooled connection itself (urllib3 1.26 and 2.x); behind
+        a proxy it falls back to :meth:`send`.  Errors surface from ``finish()``.
+        """
+        if self._proxy:
+            return settled(lambda: self.send(url, body, headers, timeout))
+        limits = self._prepare(timeout)
+        pool = self._pool.connection_from_url(url)
+        path = self._urllib3.util.parse_url(url).request_uri
+        conn: Any = pool._get_conn()  # typed as Any: the attributes differ in 1.26 and 2.x
+        try:
+            conn.timeout = limits.connect_timeout
+            conn.request("POST", path, body=body, headers=dict(headers))
+        except (self._urllib3.exceptions.HTTPError, OSError):
+            conn.close()
+            pool._put_conn(conn)
+            return settled(lambda: self.send(url, body, headers, timeout))
+
+        def finish() -> Response:
+            try:
+                if conn.sock is not None:
+                    conn.sock.settimeout(limits.read_timeout)
+                raw = conn.getresponse()
+                data = raw.data if hasattr(raw, "data") else raw.read()  # 2.x : 1.26
+                return _response(raw.status, raw.headers, data)
+            except (self._urllib3.exceptions.HTTPError, OSError) as exc:
+                conn.close()
+                if _is_dropped_connection(exc):  # a stale pooled connection: resend at once
+                    return self.send(url, body, headers, timeout)
+                raise TransportError(f"request failed: {_describe(exc)}") from exc
+            finally:
+                pool._put_conn(conn)
+
+        return finish
+
+    def _prepare(self, timeout: float | None) -> urllib3.Timeout:
+        if os.getpid() != self._pid:
+            self._leave_parents_pool()
+        now = time.monotonic()
+        if now - self._last_used > self._max_idle:
+            self._pool.clear()
+        self._last_used = now
+        connect, read = self._connect_timeout, self._read_timeout
+        if timeout is not None:
+            connect, read = min(connect, timeout), min(read, timeout)
+        return self._urllib3.Timeout(connect=max(connect, 0.001), read=max(read, 0.001))
 
     def reset(self) -> None:
         """Close every pooled connection; the next request opens a new one."""
@@ -153,6 +193,24 @@ class Urllib3Transport:
     def close(self) -> None:
         """Close every pooled connection."""
         self._pool.clear()
+
+
+def _response(status: int, headers: Mapping[str, str], body: bytes | None) -> Response:
+    return Response(status, {k.lower(): v for k, v in headers.items()}, body or b"")
+
+
+def settled(send: Callable[[], Response]) -> Callable[[], Response]:
+    """A ``finish()`` for a request sent synchronously: its outcome, at finish time."""
+    try:
+        response = send()
+    except TransportError as exc:
+        error = exc
+
+        def fail() -> Response:
+            raise error
+
+        return fail
+    return lambda: response
 
 
 def _is_dropped_connection(exc: BaseException) -> bool:

@@ -220,11 +220,36 @@ def test_flush_at_batches_and_a_full_batch_goes_at_once(
 ) -> None:
     analytics = make_client(flush_at=3)
     results = [analytics.track(user_id="u", event=f"e{i}") for i in range(7)]
-    assert [r.queued for r in results] == [True, True, False, True, True, False, True]
-    assert results[2].delivered and results[5].delivered
-    assert [len(r.payload["batch"]) for r in collector.requests] == [3, 3]  # type: ignore[index]
-    assert analytics.stats.queued == 1
-    assert analytics.flush().sent == 1
+    # A full batch is sent at once; its answer is read by the next flush (pipelining).
+    assert all(r.queued and not r.delivered for r in results)
+    assert collector.wait_for_messages(6)
+    assert analytics.stats.queued == 4 and analytics.stats.sent == 3  # 3 in flight + 1 queued
+    summary = analytics.flush()
+    assert (summary.sent, summary.failed) == (4, 0)
+    assert [len(r.payload["batch"]) for r in collector.requests] == [3, 3, 1]  # type: ignore[index]
+    assert analytics.stats.sent == 7 and analytics.stats.queued == 0
+
+
+def test_a_pipelined_batch_is_retried_or_reported_by_the_next_flush(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    reported: list[list[dict[str, Any]]] = []
+    analytics = make_client(flush_at=2, on_error=lambda e, m: reported.append(m))
+    collector.fail_next(503)  # the first batch: retried when its answer is read
+    collector.fail_next(400)  # its retry is refused for good: reported with its messages
+    ids = [analytics.track(user_id="u", event=f"e{i}").message_id for i in range(2)]
+    summary = analytics.flush()
+    assert (summary.sent, summary.failed) == (0, 2)
+    assert [m["messageId"] for m in summary.failed_messages] == ids
+    assert [[m["messageId"] for m in batch] for batch in reported] == [ids]
+    assert [r.status for r in collector.requests] == [503, 400]
+    assert collector.requests[1].headers["x-retry-count"] == "1"
+
+
+def test_flush_at_1_never_pipelines(collector: Collector, make_client: MakeClient) -> None:
+    collector.fail_next(503)
+    result = make_client().track(user_id="u", event="now")
+    assert result.delivered and not result.queued  # delivered (after a retry) before return
 
 
 def test_flush_interval_without_a_thread(collector: Collector, make_client: MakeClient) -> None:
@@ -410,6 +435,7 @@ def test_default_client_from_the_environment(
     lambda_analytics.track(user_id="u", event="one")
     lambda_analytics.identify(user_id="u", traits={"a": 1})
     assert lambda_analytics.get_client().flush_at == 2
+    assert collector.wait_for_messages(2)  # the full batch went out (pipelined)
     assert [m["type"] for m in collector.messages] == ["track", "identify"]
     configured = lambda_analytics.configure(flush_at=1)
     assert lambda_analytics.get_client() is configured

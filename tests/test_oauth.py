@@ -109,6 +109,7 @@ def test_a_revoked_token_leads_to_one_refresh_and_the_batch_delivered(
     assert not oauth_server.introspect(token)
     for i in range(3):
         analytics.track(user_id="u1", event=f"after revocation {i}")
+    assert analytics.flush().sent == 3  # reads the pipelined batch's answer: 401, refresh, resend
     statuses = [r.status for r in protected.requests]
     assert statuses == [200, 401, 200]
     assert [m["event"] for m in protected.messages][1:] == [
