@@ -17,10 +17,10 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ._version import __version__
-from .client import Analytics, CallResult, FlushResult, RequestInfo, Stats
+from .client import Analytics
 from .config import settings_from_env
 from .errors import (
     AnalyticsError,
@@ -36,10 +36,16 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .oauth import OAuthSettings
+from .results import CallResult, FlushResult, RequestInfo, Response, Stats
 from .retry import RetryPolicy
-from .serverless import with_analytics
-from .transport import Response, Transport, Urllib3Transport
+from .transport import Transport, Urllib3Transport
+
+if TYPE_CHECKING:
+    from .oauth import OAuthSettings
+    from .serverless import with_analytics
+
+# Loaded on first use: most programs need neither, and import time is cold-start time.
+_LAZY = {"OAuthSettings": ".oauth", "with_analytics": ".serverless"}
 
 __all__ = [
     "Analytics",
@@ -127,3 +133,20 @@ group = _on_default(Analytics.group)
 alias = _on_default(Analytics.alias)
 flush = _on_default(Analytics.flush)
 close = _on_default(Analytics.close)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+if "AWS_LAMBDA_FUNCTION_NAME" in os.environ:  # elsewhere, spare every import a failed lookup
+    from .serverless import install_snapstart_hooks
+
+    install_snapstart_hooks()

@@ -19,8 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 from . import batching
 from ._version import __version__
@@ -36,11 +35,12 @@ from .errors import (
     TransportError,
 )
 from .messages import JSONDict, build_message, encode_message, utc_text
-from .oauth import OAuthSettings, TokenSource
+from .results import CallResult, FlushResult, RequestInfo, Response, Stats
 from .retry import RetryPolicy
-from .transport import Response, Transport, Urllib3Transport, settled
+from .transport import Transport, Urllib3Transport, settled
 
 if TYPE_CHECKING:
+    from .oauth import OAuthSettings, TokenSource
     from .spool import Spool
 
 logger = logging.getLogger("lambda_analytics")
@@ -54,64 +54,6 @@ USER_AGENT: Final = f"lambda_analytics/{__version__}"
 Middleware = Callable[[JSONDict], "JSONDict | None"]
 MessageCallback = Callable[["DeliveryError | None", JSONDict], None]
 ErrorHook = Callable[[DeliveryError, list[JSONDict]], None]
-
-
-class CallResult(NamedTuple):
-    """The outcome of one call.
-
-    ``delivered`` is true once the server accepted the message; ``queued`` means it waits for a
-    later flush (``flush_at`` > 1); ``error`` says why it was not delivered; ``dropped`` means
-    middleware discarded it.
-    """
-
-    message_id: str
-    delivered: bool = False
-    queued: bool = False
-    error: DeliveryError | None = None
-    dropped: bool = False
-
-
-class FlushResult(NamedTuple):
-    """What a flush did: counts, the wire-format messages that failed, and why."""
-
-    sent: int = 0
-    failed: int = 0
-    failed_messages: tuple[JSONDict, ...] = ()
-    errors: tuple[DeliveryError, ...] = ()
-    spooled: int = 0
-    """Not delivered in time, kept in the spool for the next flush (``spool_dir``)."""
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing failed."""
-        return self.failed == 0
-
-
-class RequestInfo(NamedTuple):
-    """One HTTP attempt, for the ``on_request`` hook.  The Authorization header is redacted."""
-
-    url: str
-    headers: Mapping[str, str]
-    body_bytes: int
-    message_count: int
-    attempt: int
-    duration: float
-    status: int | None = None
-    response_headers: Mapping[str, str] = MappingProxyType({})
-    error: DeliveryError | None = None
-
-
-class Stats(NamedTuple):
-    """Counters since the client was created."""
-
-    sent: int = 0
-    failed: int = 0
-    dropped: int = 0
-    """Discarded by middleware."""
-    disabled: int = 0
-    """Validated but not sent because ``disable=True``."""
-    after_close: int = 0
-    queued: int = 0
 
 
 class _Queued:
@@ -278,6 +220,8 @@ class Analytics:
         self._transport = transport
         self._tokens: TokenSource | None = None
         if oauth is not None and transport is not None:
+            from .oauth import TokenSource  # OAuth users only: it brings pyjwt and cryptography
+
             self._tokens = TokenSource(
                 oauth, region=region, transport=transport, retry=self.retry, random=_random
             )

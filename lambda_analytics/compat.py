@@ -18,7 +18,8 @@ import datetime as _dt
 from collections.abc import Mapping
 from typing import Any
 
-from .client import Analytics, CallResult, ErrorHook, FlushResult
+from .client import Analytics, ErrorHook
+from .results import CallResult, FlushResult
 from .retry import RetryPolicy
 
 write_key: str | None = None

@@ -19,7 +19,8 @@ from .errors import ConfigurationError, DeliveryError, OAuthError, TransportErro
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from .transport import Response, Transport
+    from .results import Response
+    from .transport import Transport
 
 AUTH_SERVERS: Final = {
     "us": "https://oauth2.segment.io",

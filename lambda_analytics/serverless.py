@@ -247,7 +247,8 @@ def install_snapstart_hooks() -> bool:
     Before the snapshot, pooled connections are closed: restored copies would otherwise share
     sockets that no longer exist.  After a restore they are dropped again.  There is no random
     state to reseed: jitter and message ids come from ``os.urandom``, which the restored
-    process draws fresh.  Called on import inside Lambda; returns whether it registered.
+    process draws fresh.  ``import lambda_analytics`` calls it inside Lambda; returns whether it
+    registered.
     """
     try:
         import snapshot_restore_py  # type: ignore[import-not-found]
@@ -256,7 +257,3 @@ def install_snapstart_hooks() -> bool:
     snapshot_restore_py.register_before_snapshot(drop_all_connections)
     snapshot_restore_py.register_after_restore(drop_all_connections)
     return True
-
-
-if "AWS_LAMBDA_FUNCTION_NAME" in os.environ:  # elsewhere, spare every import a failed lookup
-    install_snapstart_hooks()

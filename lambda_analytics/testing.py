@@ -56,7 +56,7 @@ import lambda_analytics as _package
 
 from .client import Analytics
 from .messages import JSONDict, format_timestamp, normalise
-from .transport import Response
+from .results import Response
 
 __all__ = [
     "CaptureTransport",

@@ -12,20 +12,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import TransportError
+from .results import Response
 
 if TYPE_CHECKING:
     import urllib3
-
-
-class Response(NamedTuple):
-    """What came back: the status, headers with lower-case names, and the body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
 
 class Transport(Protocol):
