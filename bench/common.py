@@ -36,6 +36,41 @@ def event(i: int) -> dict[str, Any]:
     }
 
 
+RESULTS: Final = BENCH_DIR / "RESULTS.md"
+RECORDED_ELSEWHERE: Final = ("## Long soak",)
+"""RESULTS.md sections written by other scripts (``soak.py --record``); ``run.py`` keeps them."""
+
+
+def sections(text: str) -> dict[str, str]:
+    """RESULTS.md cut at its ``## `` headings: heading line -> the section's whole text."""
+    found: dict[str, str] = {}
+    for chunk in ("\n" + text).split("\n## ")[1:]:
+        heading = "## " + chunk.split("\n", 1)[0]
+        found[heading] = "## " + chunk.rstrip() + "\n"
+    return found
+
+
+def kept_sections() -> str:
+    """The sections of the current RESULTS.md that ``run.py`` must not overwrite."""
+    if not RESULTS.exists():
+        return ""
+    kept = [
+        body
+        for heading, body in sections(RESULTS.read_text()).items()
+        if heading.startswith(RECORDED_ELSEWHERE)
+    ]
+    return "\n".join(kept)
+
+
+def record_section(body: str) -> None:
+    """Put ``body`` (a ``## `` section) in RESULTS.md, replacing the section of that heading."""
+    heading = body.split("\n", 1)[0]
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    old = sections(text).get(heading)
+    text = text.replace(old, body) if old else text.rstrip() + "\n\n" + body
+    RESULTS.write_text(text)
+
+
 def peak_rss_kb() -> int:
     """The peak resident set size of this process so far, in KiB (Linux ``ru_maxrss``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import kept_sections
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV = BENCH / ".venv"
@@ -764,7 +766,8 @@ def main(argv: list[str]) -> int:
         time.monotonic() - started,
         (loads_start, load_average()),
     )
-    RESULTS.write_text(text)
+    kept = kept_sections()
+    RESULTS.write_text(text.rstrip() + "\n\n" + kept if kept else text)
     print(f"\nwrote {RESULTS.relative_to(ROOT)}:\n")
     print(text)
     return 0

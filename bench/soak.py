@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall", type=float, default=0.3, help="server stall, s (> timeout)")
     parser.add_argument("--max-retries", type=int, default=3)
     parser.add_argument("--max-lifetime", type=float, default=3_600.0, help="server, s")
+    parser.add_argument("--record", action="store_true", help="write the result to RESULTS.md")
     args = parser.parse_args(argv)
     if args.stall <= args.timeout:
         parser.error("--stall must be longer than --timeout, or stalls are not timeouts")
@@ -59,6 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {problem}")
     if not problems:
         print("OK: every event accepted or reported once; duplicates only from stalls")
+    if args.record:
+        from common import record_section
+
+        verdict = "; ".join(problems) or "OK: every event accepted or reported once"
+        record_section(
+            "## Long soak\n\n"
+            f"Made by `python3 bench/soak.py {' '.join(argv or sys.argv[1:])}` (faults: {faults}; "
+            f"read timeout {args.timeout} s, stall {args.stall} s).\n\n```\n"
+            + "\n".join(report.lines())
+            + f"\n  peak RSS {peak} MiB\n{verdict}\n```\n"
+        )
     return 1 if problems else 0
 
 
