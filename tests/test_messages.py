@@ -19,6 +19,7 @@ from lambda_analytics.messages import (
     encode_message,
     format_timestamp,
     normalise,
+    utc_text,
 )
 
 NOW = dt.datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=dt.timezone.utc)
@@ -26,7 +27,9 @@ NOW = dt.datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=dt.timezone.utc)
 
 def build(kind: str, fields: dict[str, Any] | None = None, **common: Any) -> dict[str, Any]:
     common.setdefault("user_id", "u1")
-    return build_message(kind, fields or {}, now=NOW, new_id=lambda: "id-1", **common)
+    return build_message(
+        kind, fields or {}, now=format_timestamp(NOW), new_id=lambda: "id-1", **common
+    )
 
 
 class Color(enum.Enum):
@@ -201,6 +204,9 @@ def test_cycles_and_deep_nesting_are_refused() -> None:
 
 def test_timestamp_formats() -> None:
     assert format_timestamp(NOW) == "2026-11-23T10:00:00.123Z"
+    assert utc_text(NOW.timestamp()) == "2026-11-23T10:00:00.123Z"
+    assert utc_text(0.0) == "1970-01-01T00:00:00.000Z"
+    assert utc_text(1_800_000_000.9999) == "2027-01-15T08:00:00.999Z"
     message = build("track", {"event": "x"}, timestamp=dt.datetime(2020, 5, 1))
     assert message["timestamp"] == "2020-05-01T00:00:00.000Z"
     assert build("track", {"event": "x"}, message_id="mine")["messageId"] == "mine"
