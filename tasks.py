@@ -37,11 +37,11 @@ MATRIX_SKIP = (
 MY_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
+def run(*command: str | Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
     printable = " ".join(str(c) for c in command)
     print(f"\n$ {printable}", flush=True)
     started = time.monotonic()
-    result = subprocess.run([str(c) for c in command], cwd=ROOT, env=env, check=False)
+    result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, check=False)
     if result.returncode != 0:
         sys.exit(f"FAILED ({result.returncode}): {printable}")
     print(f"  ok in {time.monotonic() - started:.1f}s", flush=True)
@@ -140,8 +140,9 @@ def wheel_smoke_test(python: Path) -> None:
         run(python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, ".")
         [wheel] = dist.glob("lambda_analytics-*.whl")
         clean = ensure_venv(Path(scratch) / "venv", str(wheel))
-        run(clean, "-c", SMOKE)
-        run(clean.parent / "lambda-analytics", "--help")
+        # Outside the checkout, so that the installed wheel is imported, not the source tree.
+        run(clean, "-c", SMOKE, cwd=Path(scratch))
+        run(clean.parent / "lambda-analytics", "--help", cwd=Path(scratch))
 
 
 SMOKE = """
