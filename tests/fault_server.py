@@ -399,6 +399,9 @@ class SoakReport:
     client_failed: int
     content_mismatches: list[str]
     errors_by_type: Counter[str] = field(default_factory=Counter)
+    timed_out: int = 0
+    """Messages in attempts the client saw time out: stalls, and (on a loaded machine) answers
+    that came too late.  Only these may be accepted by the server and yet retried."""
 
     def problems(self) -> list[str]:
         """Every violated invariant, in words; empty when the run was sound."""
@@ -417,15 +420,18 @@ class SoakReport:
         if twice:
             found.append(f"{len(twice)} messages reported to on_error more than once")
         both = accepted & reported
-        if both - stalled:
-            found.append(f"{len(both - stalled)} messages accepted and reported, never stalled")
         duplicated = {mid for mid, n in self.accepted.items() if n > 1}
-        if duplicated - stalled:
-            found.append(f"{len(duplicated - stalled)} server duplicates not caused by a stall")
         # A stalled id can be accepted at most once per stall plus one successful attempt.
-        excess = [m for m in duplicated if self.accepted[m] > self.stalled[m] + 1]
-        if excess:
-            found.append(f"{len(excess)} ids accepted more often than stalls explain")
+        excess = {m for m in duplicated if self.accepted[m] > self.stalled[m] + 1}
+        # Beyond the stalls, only answers the client saw time out may be accepted and retried:
+        # an ordinary 200 that a loaded machine delivered after the read timeout.
+        late = max(0, self.timed_out - sum(self.stalled.values()))
+        unexplained = (both - stalled) | (duplicated - stalled) | excess
+        if len(unexplained) > late:
+            found.append(
+                f"{len(unexplained)} ids accepted and retried or reported, but only "
+                f"{sum(self.stalled.values())} stalls and {late} late answers explain them"
+            )
         if self.content_mismatches:
             found.append(f"{len(self.content_mismatches)} duplicates differ in content")
         if self.client_sent != len(everything - reported):
@@ -447,8 +453,9 @@ class SoakReport:
             f"({dict(self.errors_by_type)}); accepted AND reported (stalled, then failed) "
             f"{len(accepted & reported):,}",
             f"  server duplicates: {len(duplicated):,} ids, "
-            f"{sum(duplicated.values()) - len(duplicated):,} extra copies, all from stalled "
-            f"requests ({len(set(self.stalled)):,} ids were in stalled requests); "
+            f"{sum(duplicated.values()) - len(duplicated):,} extra copies, from requests the "
+            f"client saw time out ({len(set(self.stalled)):,} ids in stalled requests, "
+            f"{self.timed_out:,} message-attempts timed out); "
             f"content mismatches {len(self.content_mismatches)}",
             f"  requests {self.requests:,} ({outcomes}); connections {self.connections:,}",
             f"  client stats: sent {self.client_sent:,}, failed {self.client_failed:,}",
@@ -472,7 +479,7 @@ def run_soak(
 
     ``script`` outcomes come first (to be sure a rare fault happens at least once).
     """
-    from lambda_analytics import Analytics, DeliveryError, RetryPolicy
+    from lambda_analytics import Analytics, DeliveryError, RequestInfo, RetryPolicy
 
     policy = RetryPolicy(backoff_initial=0.001, backoff_max=0.005, max_retries=max_retries)
     reported: Counter[str] = Counter()
@@ -483,6 +490,13 @@ def run_soak(
         with report_lock:
             reported.update(message["messageId"] for message in messages)
             errors_by_type[type(error).__name__] += len(messages)
+
+    timed_out = [0]
+
+    def on_request(info: RequestInfo) -> None:
+        if info.error is not None and "timed out" in str(info.error):
+            with report_lock:
+                timed_out[0] += info.message_count
 
     per_thread = [events // threads + (i < events % threads) for i in range(threads)]
     sent: list[list[str]] = [[] for _ in range(threads)]
@@ -501,6 +515,7 @@ def run_soak(
                     connect_timeout=1.0,
                     retry=policy,
                     on_error=on_error,
+                    on_request=on_request,
                 )
             )
 
@@ -548,4 +563,5 @@ def run_soak(
         client_failed=sum(c.stats.failed for c in clients),
         content_mismatches=mismatches,
         errors_by_type=errors_by_type,
+        timed_out=timed_out[0],
     )
