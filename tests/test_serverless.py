@@ -149,7 +149,7 @@ def test_lambda_deadline_governs_every_send_and_reports_the_rest(
     started = time.monotonic()
     assert handler({}, FakeLambdaContext(1.0)) == "returned"
     elapsed = time.monotonic() - started
-    assert 0.55 < elapsed < 0.75  # retried until 1.0 s remaining minus the 0.3 s margin
+    assert 0.55 < elapsed < 0.85  # retried until 1.0 s remaining minus the 0.3 s margin (0.7 s)
     [(error, messages)] = failures
     assert isinstance(error, DeadlineExceededError)
     assert [m["event"] for m in messages] == ["Inside"]
