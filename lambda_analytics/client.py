@@ -725,19 +725,11 @@ class Analytics:
                 self._tokens.invalidate()
                 token_refreshed = True
                 continue
-            decision = policy.decide(
-                attempts=attempts,
-                status=None if response is None else response.status,
-                retry_after=None if response is None else response.headers.get("retry-after"),
-                now=time.monotonic(),
-                deadline=deadline,
-                wall_now=time.time(),
-                random=_random(),
+            decision = policy.after(
+                response, attempts=attempts, deadline=deadline, random=_random()
             )
             if not decision.retry:
-                if decision.reason.startswith("the deadline"):
-                    return _deadline_error(error)
-                return error
+                return _deadline_error(error) if decision.out_of_time else error
             logger.debug("retrying in %.3fs after: %s", decision.delay, error)
             time.sleep(decision.delay)
 

@@ -180,14 +180,8 @@ class TokenSource:
                     self._store(response, now)
                     return
                 error = OAuthError(_describe_refusal(response))
-            decision = self._retry.decide(
-                attempts=attempts,
-                status=None if response is None else response.status,
-                retry_after=None if response is None else response.headers.get("retry-after"),
-                now=time.monotonic(),
-                deadline=deadline,
-                wall_now=time.time(),
-                random=self._random(),
+            decision = self._retry.after(
+                response, attempts=attempts, deadline=deadline, random=self._random()
             )
             if not decision.retry:
                 raise error

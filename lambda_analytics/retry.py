@@ -1,15 +1,21 @@
-"""When to retry a batch and how long to wait.  Pure: the clock and the random draw are inputs.
+"""When to retry a batch and how long to wait.
 
+:meth:`RetryPolicy.decide` is pure (the clocks and the random draw are inputs), so its tests
+are tables; :meth:`RetryPolicy.after` is the one place that feeds it the live clocks.
 urllib3's own ``Retry`` re-sends the same body, so it can neither refresh ``sentAt`` and
 ``X-Retry-Count`` nor see our deadline; the transport runs with ``retries=False`` and the
-client asks :meth:`RetryPolicy.decide` after every attempt.
+client (and the OAuth token source) ask :meth:`RetryPolicy.after` after every attempt.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
+import time
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .results import Response
 
 RETRYABLE_STATUSES: Final = frozenset(
     {408, 410, 429, 460} | {s for s in range(500, 600) if s not in (501, 505)}
@@ -23,6 +29,8 @@ class RetryDecision(NamedTuple):
     retry: bool
     delay: float = 0.0
     reason: str = ""
+    out_of_time: bool = False
+    """It stopped because the deadline leaves no time, not because of the answer or the count."""
 
 
 class RetryPolicy:
@@ -133,8 +141,27 @@ class RetryPolicy:
         if asked is not None:
             delay = min(asked, self.max_retry_after)
         if deadline is not None and now + delay + self.min_attempt_time > deadline:
-            return RetryDecision(False, delay, reason="the deadline leaves no time to retry")
+            return RetryDecision(False, delay, "the deadline leaves no time to retry", True)
         return RetryDecision(True, delay)
+
+    def after(
+        self,
+        response: Response | None,
+        *,
+        attempts: int,
+        deadline: float | None,
+        random: float,
+    ) -> RetryDecision:
+        """:meth:`decide` for an attempt that ended with ``response`` (``None``: no answer), now."""
+        return self.decide(
+            attempts=attempts,
+            status=None if response is None else response.status,
+            retry_after=None if response is None else response.headers.get("retry-after"),
+            now=time.monotonic(),
+            deadline=deadline,
+            wall_now=time.time(),
+            random=random,
+        )
 
 
 def parse_retry_after(value: str, wall_now: float) -> float | None:

@@ -79,7 +79,10 @@ def test_a_retry_that_would_pass_the_deadline_is_not_started() -> None:
     late = POLICY.decide(
         attempts=1, status=503, now=10.0, deadline=10.12, wall_now=WALL, random=0.5
     )
-    assert not late.retry and "deadline" in late.reason
+    assert not late.retry and late.out_of_time and "deadline" in late.reason
+    assert not POLICY.decide(
+        attempts=1, status=400, now=0, deadline=1.0, wall_now=WALL, random=0.5
+    ).out_of_time
     told = POLICY.decide(
         attempts=1, status=429, retry_after="5", now=0.0, deadline=2.0, wall_now=WALL, random=0.5
     )
