@@ -54,7 +54,7 @@ def measure(make: Any) -> dict[str, float]:
         t = time.perf_counter()
         assert client.track(user_id="u", event=f"later {i}").delivered
         later.append(time.perf_counter() - t)
-    fetches = client._tokens.fetches if client._tokens is not None else 0
+    fetches = client._engine.route.tokens.fetches if client._engine.route.tokens is not None else 0
     client.close()
     return {
         "build": (built - started) * 1e3,

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ._version import __version__
 from .client import Analytics
-from .config import settings_from_env
+from .default import configure, get_client
 from .errors import (
     AnalyticsError,
     ClientClosedError,
@@ -33,11 +32,13 @@ from .errors import (
     MessageTooLargeError,
     OAuthError,
     SpoolError,
+    StaleConnectionError,
     TransportError,
     ValidationError,
 )
 from .results import CallResult, FlushResult, RequestInfo, Response, Stats
 from .retry import RetryPolicy
+from .settings import Settings
 from .transport import Transport, Urllib3Transport
 
 if TYPE_CHECKING:
@@ -64,7 +65,9 @@ __all__ = [
     "RequestInfo",
     "Response",
     "RetryPolicy",
+    "Settings",
     "SpoolError",
+    "StaleConnectionError",
     "Stats",
     "Transport",
     "TransportError",
@@ -84,35 +87,8 @@ __all__ = [
     "with_analytics",
 ]
 
-_default: Analytics | None = None
-_default_lock = threading.Lock()
-
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def configure(**settings: Any) -> Analytics:
-    """(Re)create the default client: ``ANALYTICS_*`` variables, overridden by ``settings``.
-
-    Takes the keyword arguments of :class:`Analytics`.  A previous default client is flushed
-    and closed first, so nothing it queued is lost.
-    """
-    global _default
-    client = Analytics(**{**settings_from_env(os.environ), **settings})
-    with _default_lock:
-        previous, _default = _default, client
-    if previous is not None:
-        previous.close()
-    return client
-
-
-def get_client() -> Analytics:
-    """The default client, created from ``ANALYTICS_*`` variables on first use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Analytics(**settings_from_env(os.environ))
-        return _default
 
 
 def _on_default(method: Callable[Concatenate[Analytics, P], R]) -> Callable[P, R]:

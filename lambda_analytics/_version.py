@@ -1,1 +1,3 @@
-__version__ = "0.1.0"
+"""The package version (read by hatch at build time)."""
+
+__version__ = "0.2.0"

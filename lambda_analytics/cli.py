@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import IO, Any, Final, NoReturn, TextIO
 
 from . import Analytics, AnalyticsError, DeliveryError, RequestInfo, __version__
-from .config import settings_from_env
+from .messages import COMMON_FIELDS, TYPE_FIELDS, WIRE_NAMES
+from .messages import MESSAGE_TYPES as SCHEMA_TYPES
+from .settings import settings_from_env
 
 PROG: Final = "lambda-analytics"
 EXIT_FAILED: Final = 1
@@ -49,27 +51,24 @@ SEND_TIMEOUT: Final = 10.0
 """Default seconds one call may take to deliver, retries included."""
 MAX_REPORTED_LINES: Final = 50
 """Invalid lines listed one by one; beyond this only their count is given."""
-MESSAGE_TYPES: Final = ("track", "identify", "page", "screen", "group", "alias")
+# The schema's types, track first as in --help (the call most used).
+MESSAGE_TYPES: Final = ("track", *(kind for kind in SCHEMA_TYPES if kind != "track"))
 
-# The keyword arguments of each call (alias has no anonymous_id: it merges previous_id).
-_COMMON: Final = ("user_id", "context", "integrations", "timestamp", "message_id")
+# Python name of each wire field (``userId`` -> ``user_id``; ``event`` is ``event``).
+_PYTHON: Final = {wire: name for name, wire in WIRE_NAMES.items()}
+# The keyword arguments of each call: the type's own fields, then the common ones (alias has
+# no anonymous_id: it merges previous_id into user_id).
 _FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    "track": ("event", "properties", "anonymous_id", *_COMMON),
-    "identify": ("traits", "anonymous_id", *_COMMON),
-    "page": ("name", "category", "properties", "anonymous_id", *_COMMON),
-    "screen": ("name", "category", "properties", "anonymous_id", *_COMMON),
-    "group": ("group_id", "traits", "anonymous_id", *_COMMON),
-    "alias": ("previous_id", *_COMMON),
+    kind: tuple(
+        _PYTHON.get(wire, wire)
+        for wire in (*TYPE_FIELDS[kind], *COMMON_FIELDS)
+        if wire != "type" and not (kind == "alias" and wire == "anonymousId")
+    )
+    for kind in MESSAGE_TYPES
 }
-_WIRE: Final = {
-    "userId": "user_id",
-    "anonymousId": "anonymous_id",
-    "groupId": "group_id",
-    "previousId": "previous_id",
-    "messageId": "message_id",
-}
+# A field of a JSONL line, by wire or Python name -> the call's argument name.
 _ARGUMENT: Final = {
-    **_WIRE,
+    **_PYTHON,
     **{name: name for names in _FIELDS.values() for name in names},
 }
 

@@ -9,7 +9,9 @@
     ├── ConfigurationError (ValueError)   a setting given to Analytics/configure is wrong
     └── DeliveryError                     never raised into your code: handed to hooks
         ├── HTTPStatusError               the server answered a final non-2xx status
-        ├── TransportError                the request did not complete (network, timeout)
+        ├── TransportError                the request did not complete (network, timeout,
+        │   │                             or an exception from a custom transport)
+        │   └── StaleConnectionError      a reused keep-alive connection was found closed
         ├── DeadlineExceededError         the flush deadline left no time to (re)try
         ├── OAuthError                    no access token: refused credentials, server down
         ├── SpoolError                    dropped from a full spool, or a corrupt spool file
@@ -72,6 +74,14 @@ class HTTPStatusError(DeliveryError):
 
 class TransportError(DeliveryError):
     """The HTTP request failed before a response arrived (connection, TLS, timeout)."""
+
+
+class StaleConnectionError(TransportError):
+    """A reused keep-alive connection had been closed by the server (or a NAT) while idle.
+
+    The request never reached a live server, so it is sent again at once on a new connection,
+    within the deadline and visible to ``on_request``; it does not count as a retry.
+    """
 
 
 class DeadlineExceededError(DeliveryError):

@@ -9,35 +9,68 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
-import sys
-import time as _time
 from collections.abc import Callable, Mapping
-from enum import Enum
 from typing import Any, Final
 
 from ._version import __version__
-from .errors import AnalyticsError, InvalidTypeError, MessageTooLargeError, ValidationError
+from .encoding import ENCODER, deep_field, explain, format_timestamp, nesting, utc_text
+from .errors import InvalidTypeError, MessageTooLargeError, ValidationError
+
+__all__ = [
+    "COMMON_FIELDS",
+    "LIBRARY",
+    "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MAX_NESTING",
+    "MESSAGE_TYPES",
+    "REQUIRED",
+    "TYPE_FIELDS",
+    "WIRE_NAMES",
+    "JSONDict",
+    "build_message",
+    "check_wire",
+    "encode_message",
+    "format_timestamp",
+    "normalise",
+    "utc_text",
+]
 
 MAX_MESSAGE_BYTES: Final = 32_000
 """The protocol allows 32 KB per message; read as 1,000-byte KB, the safe side of every backend."""
 MAX_MESSAGE_ID_LENGTH: Final = 99
 """Message ids must stay under 100 characters."""
+MAX_NESTING: Final = 100
+"""Objects and arrays nested deeper than this are refused at the call.  Deeper JSON is no
+analytics a warehouse can use, and near Python's recursion limit a message that encodes may
+not decode again (in a server, or in the SDK handing a failed message to ``on_error``)."""
 
 LIBRARY: Final[Mapping[str, str]] = {"name": "lambda_analytics", "version": __version__}
 _LIBRARY_CONTEXT: Final[Mapping[str, Any]] = {"library": LIBRARY}
 
 MESSAGE_TYPES: Final = ("identify", "track", "page", "screen", "group", "alias")
 
-# Wire name -> the Python argument name used in error messages.
-_ARGUMENT: Final = {
-    "userId": "user_id",
-    "anonymousId": "anonymous_id",
-    "groupId": "group_id",
-    "previousId": "previous_id",
-    "messageId": "message_id",
+# The schema, once: the CLI, the test helpers and middleware checks read it from here.
+WIRE_NAMES: Final[Mapping[str, str]] = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "group_id": "groupId",
+    "previous_id": "previousId",
+    "message_id": "messageId",
 }
-_REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
+"""Python argument name -> wire name, where they differ (``event`` is ``event`` on both)."""
+TYPE_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "identify": ("traits",),
+    "track": ("event", "properties"),
+    "page": ("name", "category", "properties"),
+    "screen": ("name", "category", "properties"),
+    "group": ("groupId", "traits"),
+    "alias": ("previousId",),
+}
+"""Each type's own fields (wire names), besides :data:`COMMON_FIELDS`."""
+COMMON_FIELDS: Final = (
+    "type", "userId", "anonymousId", "context", "integrations", "timestamp", "messageId",
+)  # fmt: skip
+REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
     "identify": (),
     "track": ("event",),
     "page": (),
@@ -45,35 +78,13 @@ _REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
     "group": ("groupId",),
     "alias": ("previousId", "userId"),
 }
-_UTC: Final = _dt.timezone.utc
+"""Fields a message of each type must have (wire names); all but alias need an id too."""
+
+# Wire name -> the Python argument name used in error messages.
+_ARGUMENT: Final = {wire: name for name, wire in WIRE_NAMES.items()}
+_REQUIRED: Final = REQUIRED
 
 JSONDict = dict[str, Any]
-
-
-def format_timestamp(value: _dt.datetime) -> str:
-    """ISO-8601 in UTC with milliseconds and a ``Z``: always 24 characters.
-
-    A naive datetime is taken to be UTC (Lambda and Cloud Functions run in UTC).
-    """
-    value = value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
-    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def utc_text(unix_time: float) -> str:
-    """``format_timestamp`` for a Unix time, without building a datetime (the hot path).
-
-    The date and time of day are formatted once per second and cached.
-    """
-    global _SECOND
-    second = int(unix_time)
-    cached = _SECOND
-    if cached[0] != second:
-        cached = (second, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(second)))
-        _SECOND = cached  # one tuple swap: safe between threads
-    return f"{cached[1]}.{int((unix_time - second) * 1000):03d}Z"
-
-
-_SECOND: tuple[int, str] = (-1, "")
 
 
 def build_message(
@@ -147,13 +158,20 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     cannot be JSON.
     """
     try:
-        data = _ENCODER.encode(message).encode("utf-8")
+        data = ENCODER.encode(message).encode("utf-8")
     except RecursionError:
-        raise ValidationError(_deep_field(message), "is nested too deeply to encode") from None
+        raise ValidationError(
+            deep_field(message, MAX_NESTING), "is nested too deeply to encode"
+        ) from None
     except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError: a ValueError
-        raise _explain(message, "") from exc
+        raise explain(message, "", _ARGUMENT) from exc
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLargeError(len(data), MAX_MESSAGE_BYTES)
+    # Counting brackets is cheap and bounds the depth; only a message with many is measured.
+    if data.count(b"{") + data.count(b"[") > MAX_NESTING and nesting(data) > MAX_NESTING:
+        raise ValidationError(
+            deep_field(message, MAX_NESTING), f"is nested over {MAX_NESTING} levels deep"
+        )
     return data
 
 
@@ -165,134 +183,55 @@ def normalise(value: object, field: str) -> Any:
     json.dumps makes them.  NaN, infinity, bytes, cycles and other objects are refused.
     """
     try:
-        text = _ENCODER.encode(value)
+        text = ENCODER.encode(value)
         text.encode("utf-8")
     except RecursionError:
         raise ValidationError(field, "is nested too deeply to encode") from None
     except (TypeError, ValueError, OverflowError) as exc:
-        raise _explain(value, field) from exc
+        raise explain(value, field, _ARGUMENT) from exc
     return json.loads(text)
 
 
-def _default(value: object) -> Any:
-    """What the JSON encoder calls for a value it does not know; TypeError when none fits."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, _dt.datetime):
-        return format_timestamp(value)
-    if isinstance(value, _dt.date):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset)):
-        return _ordered(value)
-    if isinstance(value, Mapping):
-        return dict(value)
-    # A Decimal or UUID can only exist if its module was imported: checking sys.modules spares
-    # every cold start the import of decimal and uuid.
-    decimal = sys.modules.get("decimal")
-    if decimal is not None and isinstance(value, decimal.Decimal):
-        return float(value)  # NaN and infinity are then refused like any float
-    uuid = sys.modules.get("uuid")
-    if uuid is not None and isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError("bytes are not JSON; decode them to str first")
-    raise TypeError(f"a {type(value).__name__} cannot be sent as JSON")
+def check_wire(message: object, origin: str) -> JSONDict:
+    """Check a wire-format message that code other than :func:`build_message` produced.
+
+    Middleware may change anything; what it returns must still be a message the server
+    accepts, or the server would refuse the whole batch around it.  Raises ValidationError or
+    InvalidTypeError naming the field and ``origin`` (``middleware add_plan``).
+    """
+    if not isinstance(message, dict):
+        raise InvalidTypeError("message", f"{origin} returned a {type(message).__name__}")
+    kind = message.get("type")
+    required = REQUIRED.get(kind) if isinstance(kind, str) else None
+    if required is None:
+        raise ValidationError("type", f"{origin} set it to {kind!r}, not a message type")
+    mid = message.get("messageId")
+    if not isinstance(mid, str) or not 0 < len(mid) <= MAX_MESSAGE_ID_LENGTH:
+        raise ValidationError("message_id", f"{origin} left it {_shown(mid)}")
+    if kind != "alias" and not any(_present(message.get(k)) for k in ("userId", "anonymousId")):
+        raise ValidationError("user_id", f"{origin} removed both user_id and anonymous_id")
+    for key in required:
+        if not _present(message.get(key)):
+            name = _ARGUMENT.get(key, key)
+            raise ValidationError(name, f"is required for {kind}; {origin} removed it")
+    if not isinstance(message.get("timestamp"), str):
+        raise ValidationError("timestamp", f"{origin} left it {_shown(message.get('timestamp'))}")
+    for key in ("context", "integrations", "properties", "traits"):
+        if key in message and not isinstance(message[key], dict):
+            raise InvalidTypeError(key, f"{origin} made it a {type(message[key]).__name__}")
+    return message
 
 
-_ENCODER: Final = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default
-)
-
-
-def _explain(value: object, root: str) -> AnalyticsError:
-    """The error naming the first value the encoder refused (only run once it has refused)."""
-    try:
-        _check(value, root, set())
-    except AnalyticsError as error:
-        return error
-    return InvalidTypeError(root or "message", "cannot be encoded as JSON")  # pragma: no cover
-
-
-def _check(value: object, field: str, seen: set[int]) -> None:
-    """Raise for the first value under ``value`` that the encoder refuses, naming its path."""
+def _present(value: object) -> bool:
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(field, "contains a lone surrogate, not UTF-8") from None
-    elif value is None or isinstance(value, bool):
-        return
-    elif isinstance(value, int):
-        try:
-            int.__repr__(value)
-        except ValueError:
-            raise ValidationError(field, "is an integer too large to send") from None
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValidationError(field, f"{value} is not a finite number, not valid JSON")
-    elif isinstance(value, (dict, list, tuple)):
-        if id(value) in seen:
-            raise ValidationError(field, "contains itself (a circular reference)")
-        seen.add(id(value))
-        if isinstance(value, dict):
-            for key, item in value.items():
-                _check_key(key, field)
-                name = _ARGUMENT.get(str(key), str(key))
-                _check(item, f"{field}.{key}" if field else name, seen)
-        else:
-            for index, item in enumerate(value):
-                _check(item, f"{field}[{index}]", seen)
-        seen.discard(id(value))
-    else:
-        try:
-            converted = _default(value)
-        except TypeError as exc:
-            raise InvalidTypeError(field, str(exc)) from None
-        except (ValueError, OverflowError) as exc:  # a datetime out of range, a Decimal sNaN
-            raise ValidationError(field, f"cannot be converted to JSON: {exc}") from None
-        if id(value) in seen:  # a Mapping that is not a dict, showing a dict that holds it
-            raise ValidationError(field, "contains itself (a circular reference)")
-        seen.add(id(value))
-        _check(converted, field, seen)
-        seen.discard(id(value))
+        return bool(value.strip())
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_key(key: object, field: str) -> None:
-    if isinstance(key, str):
-        _check(key, f"{field}[{key!r}]", set())
-    elif isinstance(key, float) and not math.isfinite(key):
-        raise ValidationError(f"{field}[{key!r}]", "a key must be a finite number or a string")
-    elif isinstance(key, int) and not isinstance(key, bool) and _unprintable(key):
-        raise ValidationError(field, "has an integer key too large to send")
-    elif not (key is None or isinstance(key, (int, float))):
-        kind = type(key).__name__
-        raise InvalidTypeError(f"{field}[{key!r}]", f"keys must be strings, not {kind}")
-
-
-def _unprintable(number: int) -> bool:
-    try:
-        int.__repr__(number)
-    except ValueError:
-        return True
-    return False
-
-
-def _deep_field(message: Mapping[str, Any]) -> str:
-    for key, value in message.items():
-        try:
-            _ENCODER.encode(value)
-        except RecursionError:
-            return str(key)
-        except (TypeError, ValueError):
-            continue
-    return "message"
-
-
-def _ordered(items: set[Any] | frozenset[Any]) -> list[Any]:
-    try:
-        return sorted(items)
-    except TypeError:  # mixed types: keep Python's order, still a list
-        return list(items)
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return f"{len(value)} characters long"
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
 def _mapping(field: str, value: object) -> Mapping[str, Any]:

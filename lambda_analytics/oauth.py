@@ -1,21 +1,25 @@
-"""OAuth 2 client-assertion tokens for the tracking API.  The only module that uses pyjwt and
-cryptography, and it imports them when a client with OAuth is built, never at package import.
+"""OAuth 2 client-assertion tokens for the tracking API: sign, fetch, cache, redact.
+
+The only module that uses pyjwt and cryptography, and it imports them when a client with
+OAuth is built, never at package import.
 
 The client signs a short RS256 JWT with its private key, trades it at ``{auth_server}/token``
 for an access token, and sends batches with ``Authorization: Bearer <token>``.  The token is
-fetched inline (no thread) under a lock, within the caller's deadline, cached until shortly
+fetched inline (no thread, no lock held), within the caller's deadline, cached until shortly
 before it expires, and dropped when the API answers 401/403.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 import time
-from collections.abc import Callable
+import weakref
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .errors import ConfigurationError, DeliveryError, OAuthError, TransportError
+from .errors import ConfigurationError, DeliveryError, OAuthError
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -89,7 +93,12 @@ def load_private_key(pem: str) -> Any:
 
 
 class TokenSource:
-    """Fetches and caches access tokens.  Its ``repr`` shows no key, assertion or token."""
+    """Fetches and caches access tokens.  Its ``repr`` shows no key, assertion or token.
+
+    The lock guards the cached token only: a fetch (and its retries) runs outside it, through
+    the same delivery loop as batches.  One caller fetches; the others wait for it no longer
+    than their own deadline.  A forked child starts with a fresh lock and no fetch under way.
+    """
 
     def __init__(
         self,
@@ -98,7 +107,6 @@ class TokenSource:
         region: str,
         transport: Transport,
         retry: RetryPolicy,
-        random: Callable[[], float],
     ) -> None:
         self.settings = settings
         self.audience = (settings.auth_server or AUTH_SERVERS[region]).rstrip("/")
@@ -106,14 +114,15 @@ class TokenSource:
         self._key = load_private_key(settings.private_key)
         self._transport = transport
         self._retry = retry
-        self._random = random
         self._lock = threading.Lock()
+        self._fetching: threading.Event | None = None
         self._token: str | None = None
         self._refresh_at = 0.0
         self._expires_at = 0.0
         self._skew = 0.0
         self.fetches = 0
         """How many tokens were obtained (for tests and benchmarks)."""
+        _sources.add(self)
 
     def __repr__(self) -> str:
         return f"TokenSource(token_url={self.token_url!r}, client_id={self.settings.client_id!r})"
@@ -123,17 +132,43 @@ class TokenSource:
 
         Raises OAuthError (a DeliveryError) when no token can be had before ``deadline``.
         """
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                if self._token is not None and now < self._refresh_at:
+                    return "Bearer " + self._token
+                waiting = self._fetching
+                if waiting is None:
+                    self._fetching = mine = threading.Event()
+                    break
+                if self._token is not None and now < self._expires_at:
+                    return "Bearer " + self._token  # still valid while another refreshes it
+            left = None if deadline is None else deadline - time.monotonic()
+            if (left is not None and left <= 0) or not waiting.wait(left):
+                return self._cached_or_raise("no access token before the deadline")
+            with self._lock:  # the other caller is done; use its token, or fetch ourselves
+                if self._token is not None and time.monotonic() < self._expires_at:
+                    return "Bearer " + self._token
+        try:
+            self._fetch(deadline)
+        except OAuthError as exc:
+            # A token that is still valid beats none while the server is refusing.
+            return self._cached_or_raise(str(exc))
+        finally:
+            with self._lock:
+                if self._fetching is mine:
+                    self._fetching = None
+            mine.set()
         with self._lock:
-            now = time.monotonic()
-            if self._token is None or now >= self._refresh_at:
-                try:
-                    self._fetch(deadline)
-                except OAuthError:
-                    # A token that is still valid beats none while the server is refusing.
-                    if self._token is None or now >= self._expires_at:
-                        raise
             assert self._token is not None
             return "Bearer " + self._token
+
+    def _cached_or_raise(self, reason: str) -> str:
+        with self._lock:
+            token, expires_at = self._token, self._expires_at
+        if token is not None and time.monotonic() < expires_at:
+            return "Bearer " + token
+        raise OAuthError(reason)
 
     def redact(self, text: str) -> str:
         """``text`` with the cached access token, if it appears, replaced."""
@@ -144,14 +179,24 @@ class TokenSource:
         """Forget the cached token (the API refused it); the next request fetches another."""
         with self._lock:
             self._token = None
+            self._refresh_at = self._expires_at = 0.0
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's lock may be held and its fetch never ends here."""
+        self._lock = threading.Lock()
+        self._fetching = None
 
     def _fetch(self, deadline: float | None) -> None:
-        attempts = 0
-        while True:
-            now = time.monotonic()
-            remaining = None if deadline is None else deadline - now
-            if remaining is not None and remaining < self._retry.min_attempt_time:
-                raise OAuthError("no time left before the deadline to obtain an access token")
+        from .delivery import Attempt, deliver
+        from .transport import guarded
+
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+        }
+        started = time.monotonic()
+
+        def send(attempt: Attempt) -> Response:
             body = _urlencode(
                 {
                     "grant_type": "client_credentials",
@@ -160,32 +205,21 @@ class TokenSource:
                     "scope": self.settings.scope,
                 }
             ).encode()
-            attempts += 1
-            response: Response | None = None
-            try:
-                response = self._transport.send(
-                    self.token_url,
-                    body,
-                    {
-                        "Content-Type": "application/x-www-form-urlencoded",
-                        "Accept": "application/json",
-                    },
-                    remaining,
-                )
-            except TransportError as exc:
-                error: DeliveryError = OAuthError(f"token request failed: {exc}")
-            else:
-                self._correct_clock(response)
-                if 200 <= response.status < 300:
-                    self._store(response, now)
-                    return
-                error = OAuthError(_describe_refusal(response))
-            decision = self._retry.after(
-                response, attempts=attempts, deadline=deadline, random=self._random()
-            )
-            if not decision.retry:
-                raise error
-            time.sleep(decision.delay)
+            url, left = self.token_url, attempt.timeout
+            return guarded(lambda: self._transport.send(url, body, headers, left), self.redact)
+
+        def judge(response: Response) -> DeliveryError | None:
+            self._correct_clock(response)
+            if 200 <= response.status < 300:
+                return None
+            return OAuthError(_describe_refusal(response))
+
+        result = deliver(send, policy=self._retry, deadline=deadline, judge=judge)
+        if isinstance(result, OAuthError):
+            raise result
+        if isinstance(result, DeliveryError):
+            raise OAuthError(f"token request failed: {result}")
+        self._store(result, started)
 
     def _assertion(self) -> str:
         import uuid
@@ -204,16 +238,22 @@ class TokenSource:
             payload = json.loads(response.body)
             token = payload["access_token"]
             lifetime = float(payload.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise OAuthError(
                 f"token response without access_token ({type(exc).__name__})"
             ) from None
         if not isinstance(token, str) or not token:
             raise OAuthError("token response without access_token")
-        self._token = token
-        self._expires_at = requested_at + lifetime
-        self._refresh_at = self._expires_at - min(_REFRESH_MAX, lifetime * _REFRESH_SHARE)
-        self.fetches += 1
+        if not _B64TOKEN.fullmatch(token):
+            # RFC 6750's b64token: anything else (CR, LF, non-ASCII) cannot go in a header.
+            raise OAuthError("the auth server sent an access token that is not a valid header")
+        if not 0 < lifetime < 10 * 365 * 86400:  # NaN and infinity fail too
+            lifetime = 3600.0
+        with self._lock:
+            self._token = token
+            self._expires_at = requested_at + lifetime
+            self._refresh_at = self._expires_at - min(_REFRESH_MAX, lifetime * _REFRESH_SHARE)
+            self.fetches += 1
 
     def _correct_clock(self, response: Response) -> None:
         date = response.headers.get("date")
@@ -223,11 +263,24 @@ class TokenSource:
 
         try:
             server = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return
         # The Date header has one-second resolution: only a larger difference is skew.
         skew = server - time.time()
         self._skew = skew if abs(skew) > 2 else 0.0
+
+
+_sources: weakref.WeakSet[TokenSource] = weakref.WeakSet()
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _after_fork() -> None:
+    for source in list(_sources):
+        source.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _urlencode(fields: dict[str, str]) -> str:

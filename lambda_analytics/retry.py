@@ -1,21 +1,16 @@
 """When to retry a batch and how long to wait.
 
 :meth:`RetryPolicy.decide` is pure (the clocks and the random draw are inputs), so its tests
-are tables; :meth:`RetryPolicy.after` is the one place that feeds it the live clocks.
-urllib3's own ``Retry`` re-sends the same body, so it can neither refresh ``sentAt`` and
-``X-Retry-Count`` nor see our deadline; the transport runs with ``retries=False`` and the
-client (and the OAuth token source) ask :meth:`RetryPolicy.after` after every attempt.
+are tables; ``delivery.deliver``, the one retry loop, feeds it the live clocks.  urllib3's own
+``Retry`` re-sends the same body, so it can neither refresh ``sentAt`` and ``X-Retry-Count``
+nor see our deadline; the transport runs with ``retries=False``.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .results import Response
 
 RETRYABLE_STATUSES: Final = frozenset(
     {408, 410, 429, 460} | {s for s in range(500, 600) if s not in (501, 505)}
@@ -144,35 +139,19 @@ class RetryPolicy:
             return RetryDecision(False, delay, "the deadline leaves no time to retry", True)
         return RetryDecision(True, delay)
 
-    def after(
-        self,
-        response: Response | None,
-        *,
-        attempts: int,
-        deadline: float | None,
-        random: float,
-    ) -> RetryDecision:
-        """:meth:`decide` for an attempt that ended with ``response`` (``None``: no answer), now."""
-        return self.decide(
-            attempts=attempts,
-            status=None if response is None else response.status,
-            retry_after=None if response is None else response.headers.get("retry-after"),
-            now=time.monotonic(),
-            deadline=deadline,
-            wall_now=time.time(),
-            random=random,
-        )
-
 
 def parse_retry_after(value: str, wall_now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or ``None``."""
     value = value.strip()
-    if value.isdigit():
+    # isascii() first: "²".isdigit() is true and float("²") raises.
+    if value.isascii() and value.isdigit():
         return float(value)
+    if not value.isascii():
+        return None
     import email.utils  # only an HTTP-date Retry-After needs it: keep it off the import path
 
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        seconds = email.utils.parsedate_to_datetime(value).timestamp() - wall_now
+    except (TypeError, ValueError, IndexError, OverflowError):  # a header is the server's word
         return None
-    return max(0.0, when.timestamp() - wall_now)
+    return max(0.0, seconds)

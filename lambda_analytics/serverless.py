@@ -137,7 +137,7 @@ def _invocation(
     client: Analytics | None, options: _Options, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> Iterator[None]:
     if client is None:
-        from . import get_client
+        from .default import get_client
 
         client = get_client()
     facts = _platform_facts(args, kwargs)
@@ -152,7 +152,7 @@ def _invocation(
         middleware = (functools.partial(_add_context, faas=faas),)
     stable_ids = _stable_ids(facts.request_id) if options.stable_ids and facts.request_id else None
     seconds = None if budget is None else budget - options.margin
-    with client._scoped(
+    with client.invocation(
         seconds=seconds, hold=options.batch, middleware=middleware, new_id=stable_ids
     ):
         try:

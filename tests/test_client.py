@@ -431,7 +431,7 @@ def test_default_client_from_the_environment(
     monkeypatch.setenv("ANALYTICS_WRITE_KEY", WRITE_KEY)
     monkeypatch.setenv("ANALYTICS_HOST", collector.url)
     monkeypatch.setenv("ANALYTICS_FLUSH_AT", "2")
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
     lambda_analytics.track(user_id="u", event="one")
     lambda_analytics.identify(user_id="u", traits={"a": 1})
     assert lambda_analytics.get_client().flush_at == 2

@@ -101,11 +101,13 @@ def test_eight_threads_share_one_client_without_loss_or_duplicates(
     if flush_at == 1:
         assert len(requests) == EVENTS
         assert all(r.delivered for rs in results for r in rs)
-    # Each thread's events arrive in the order the thread made them.
     order: dict[str, list[int]] = {}
     for message in collector.messages:
         order.setdefault(message["userId"], []).append(message["properties"]["i"])
-    assert all(seq == list(range(EVENTS // THREADS)) for seq in order.values())
+    if flush_at == 1:  # each call returns once delivered: a thread's events arrive in order
+        assert all(seq == list(range(EVENTS // THREADS)) for seq in order.values())
+    else:  # batches are sent outside the lock, side by side: order is in the timestamps
+        assert all(sorted(seq) == list(range(EVENTS // THREADS)) for seq in order.values())
     analytics.close()
 
 
@@ -214,10 +216,9 @@ def test_fork_while_another_thread_holds_the_connection_pool_lock(collector: Col
     # purpose makes that race certain.
     analytics = Analytics(KEY, host=collector.url, retry=FAST)
     assert analytics.track(user_id="p", event="Warm").delivered
-    pool = getattr(getattr(analytics, "_transport", None), "_pool", None)
+    pool = getattr(analytics._engine.route.transport, "_pool", None)
     lock = getattr(getattr(pool, "pools", None), "lock", None)
-    if lock is None:
-        pytest.skip("the transport no longer keeps a urllib3 PoolManager")
+    assert lock is not None, "the transport no longer keeps a urllib3 PoolManager"
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:

@@ -38,7 +38,12 @@ from lambda_analytics import (
 )
 from lambda_analytics.batching import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, Envelope, split
 from lambda_analytics.collector import Collector
-from lambda_analytics.messages import MAX_MESSAGE_BYTES, encode_message, format_timestamp
+from lambda_analytics.messages import (
+    MAX_MESSAGE_BYTES,
+    MAX_NESTING,
+    encode_message,
+    format_timestamp,
+)
 
 WRITE_KEY = "fuzz-write-key"
 ENVELOPE = Envelope(WRITE_KEY)
@@ -575,20 +580,23 @@ def test_a_datetime_that_overflows_utc_is_a_validation_error(
     assert raised.value.field == field
 
 
-def test_only_nesting_too_deep_to_encode_is_refused_as_documented() -> None:
-    # README, "What counts as bad input": nesting too deep to encode (the interpreter's
-    # recursion limit: about 1,000 levels on 3.11, 10,000 on 3.12+) is refused; no smaller cap.
-    fine: Any = "leaf"
-    too_deep: Any = "leaf"
-    for _ in range(150):
-        fine = {"k": fine}
-    for _ in range(50_000):  # past the C encoder's limit on every Python (3.12+ allow ~10,000)
-        too_deep = {"k": too_deep}
+def test_nesting_past_the_documented_cap_is_refused_the_same_on_every_python() -> None:
+    # README, "What counts as bad input": more than MAX_NESTING levels is refused at the call.
+    # Without a cap, ~990 levels encoded on 3.11 and then failed to decode again (in the
+    # collector: a 400 for the whole batch; in the SDK: RecursionError while reporting it).
+    def nested(levels: int) -> Any:
+        value: Any = "leaf"
+        for _ in range(levels):
+            value = {"k": value}
+        return value
+
     analytics = Analytics(disable=True)
-    analytics.track(user_id="u", event="e", properties=fine)
-    with pytest.raises(ValidationError) as raised:
-        analytics.track(user_id="u", event="e", properties=too_deep)
-    assert raised.value.field == "properties"
+    # The message itself is the first level.
+    analytics.track(user_id="u", event="e", properties=nested(MAX_NESTING - 1))
+    for levels in (MAX_NESTING, 990, 50_000):
+        with pytest.raises(ValidationError, match="nested") as raised:
+            analytics.track(user_id="u", event="e", properties=nested(levels))
+        assert raised.value.field == "properties"
 
 
 def test_a_cycle_through_a_read_only_mapping_is_named() -> None:

@@ -57,7 +57,9 @@ def test_events_are_delivered_with_a_bearer_token(
     assert all(r.headers["authorization"].startswith("Bearer ") for r in requests)
     assert requests[0].headers["authorization"] == requests[1].headers["authorization"]
     assert requests[0].payload is not None and requests[0].payload["writeKey"] == WRITE_KEY
-    assert analytics._tokens is not None and analytics._tokens.fetches == 1  # cached
+    assert (
+        analytics._engine.route.tokens is not None and analytics._engine.route.tokens.fetches == 1
+    )  # cached
 
 
 @pytest.mark.parametrize("mistake", ["wrong key", "wrong kid"])
@@ -95,7 +97,9 @@ def test_a_token_that_expires_between_invocations_is_renewed(
     assert analytics.track(user_id="u1", event="After expiry").delivered
     assert [m["event"] for m in protected.messages] == ["Before expiry", "After expiry"]
     assert [r.status for r in protected.requests] == [200, 200]  # renewed before it was refused
-    assert analytics._tokens is not None and analytics._tokens.fetches == 2
+    assert (
+        analytics._engine.route.tokens is not None and analytics._engine.route.tokens.fetches == 2
+    )
 
 
 def test_a_revoked_token_leads_to_one_refresh_and_the_batch_delivered(
@@ -115,7 +119,9 @@ def test_a_revoked_token_leads_to_one_refresh_and_the_batch_delivered(
     assert [m["event"] for m in protected.messages][1:] == [
         f"after revocation {i}" for i in range(3)
     ]
-    assert analytics._tokens is not None and analytics._tokens.fetches == 2
+    assert (
+        analytics._engine.route.tokens is not None and analytics._engine.route.tokens.fetches == 2
+    )
 
 
 def test_secrets_never_leak(

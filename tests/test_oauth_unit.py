@@ -67,7 +67,6 @@ def test_two_assertions_never_share_a_jti_and_audience_has_no_trailing_slash() -
         region="us",
         transport=Urllib3Transport(),
         retry=RetryPolicy(),
-        random=lambda: 0.5,
     )
     assert source.audience == "https://auth.example" and source.token_url.endswith("/token")
     ids = {
@@ -80,9 +79,15 @@ def test_two_assertions_never_share_a_jti_and_audience_has_no_trailing_slash() -
 def test_region_chooses_the_auth_server() -> None:
     settings = OAuthSettings("c", "k", PEM)
     eu = Analytics("wk", region="eu", oauth=settings)
-    assert eu._tokens is not None and eu._tokens.audience == "https://oauth2.eu1.segmentapis.com"
+    assert (
+        eu._engine.route.tokens is not None
+        and eu._engine.route.tokens.audience == "https://oauth2.eu1.segmentapis.com"
+    )
     us = Analytics("wk", oauth=settings)
-    assert us._tokens is not None and us._tokens.audience == "https://oauth2.segment.io"
+    assert (
+        us._engine.route.tokens is not None
+        and us._engine.route.tokens.audience == "https://oauth2.segment.io"
+    )
 
 
 def test_bad_keys_are_configuration_errors_that_do_not_quote_the_key() -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import WRITE_KEY
 
 import lambda_analytics
-from lambda_analytics import client as client_module
+from lambda_analytics import settings as client_module
 from lambda_analytics.collector import Collector
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -33,7 +33,7 @@ def test_readme_snippet_runs(
     block: str, collector: Collector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(client_module, "REGIONS", {"us": collector.url, "eu": collector.url})
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
     monkeypatch.setenv("ANALYTICS_WRITE_KEY", WRITE_KEY)
     monkeypatch.chdir(tmp_path)
     code = block.replace("YOUR_WRITE_KEY", WRITE_KEY).replace("/tmp/analytics-spool", str(tmp_path))

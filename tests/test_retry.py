@@ -56,6 +56,11 @@ def test_retries_are_counted() -> None:
         (email.utils.formatdate(WALL + 7, usegmt=True), 7.0),
         (email.utils.formatdate(WALL - 30, usegmt=True), 0.0),
         ("soon", None),
+        ("\u00b2", None),  # a superscript two: isdigit() is true, float() raises
+        ("\u0663", None),  # an Arabic-Indic three: float() would accept it, HTTP does not
+        ("-5", None),
+        ("1.5", None),
+        ("Sun, 06 Nov 99999 08:49:37 GMT", None),
     ],
 )
 def test_retry_after_in_both_forms(header: str, expected: float | None) -> None:

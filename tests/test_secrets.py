@@ -217,14 +217,14 @@ def test_no_error_path_shows_the_write_key(
 def test_the_default_client_from_the_environment_does_not_echo_the_key(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
     monkeypatch.setenv("ANALYTICS_WRITE_KEY", KEY)
     monkeypatch.setenv("ANALYTICS_HOST", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("ANALYTICS_MAX_RETRIES", "0")
     seen = Seen()
     seen.add(lambda_analytics.track(user_id="u", event="e"), lambda_analytics.get_client())
     lambda_analytics.close()
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
     for name, value in (("ANALYTICS_FLUSH_AT", "many"), ("ANALYTICS_TIMEOUT", KEY)):
         monkeypatch.setenv(name, value)
         with pytest.raises(ConfigurationError) as raised:

@@ -108,7 +108,7 @@ def test_bare_decorator_uses_the_default_client(
     monkeypatch.setenv("ANALYTICS_WRITE_KEY", WRITE_KEY)
     monkeypatch.setenv("ANALYTICS_HOST", collector.url)
     monkeypatch.setenv("ANALYTICS_FLUSH_AT", "50")
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
 
     @lambda_analytics.with_analytics
     def handler(event: dict[str, Any], context: Any) -> str:

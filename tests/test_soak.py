@@ -108,10 +108,10 @@ def test_a_reset_connection_is_sent_again(server: FaultServer, fault: str) -> No
     result = analytics.track(user_id="u", event="x")
     assert result.delivered, result.error
     assert server.accepted == {result.message_id: 1}  # never accepted while being reset
-    # The transport resends once at once (a dropped keep-alive connection looks the same),
-    # the second reset is a TransportError for the retry policy: X-Retry-Count 1 on the next.
+    # Each reset is on a fresh connection: an ordinary retry, counted and backed off (only a
+    # reused keep-alive connection gets an immediate resend, which the delivery loop counts).
     assert server.outcomes == {fault: 3, "ok": 1}
-    assert server.retry_headers == {"0": 2, "1": 2}
+    assert server.retry_headers == {"0": 1, "1": 1, "2": 1, "3": 1}
     assert server.connections == 4
 
 

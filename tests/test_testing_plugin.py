@@ -26,7 +26,7 @@ UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a message sent for real w
 @pytest.fixture(autouse=True)
 def no_default_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts without a default client and leaves the process as it found it."""
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
     for name in [name for name in os.environ if name.startswith("ANALYTICS_")]:
         monkeypatch.delenv(name)
 
@@ -54,7 +54,7 @@ def test_default_client_goes_through_the_pipeline_into_the_capture() -> None:
     assert request.headers["Authorization"] == "<redacted>"
     assert request.payload["writeKey"] == "test-write-key" and "sentAt" in request.payload
     events.assert_identified(anonymous_id="a1", traits={"at": dt.date(2024, 5, 1)})
-    assert lambda_analytics._default is None  # put back
+    assert lambda_analytics.default.current() is None  # put back
 
 
 def test_bare_with_analytics_and_get_client_use_the_capture() -> None:
@@ -72,7 +72,7 @@ def test_bare_with_analytics_and_get_client_use_the_capture() -> None:
 
 def test_an_existing_default_client_keeps_its_middleware_and_is_restored() -> None:
     app_client = lambda_analytics.configure(write_key="real-key", host=UNREACHABLE)
-    transport = app_client._transport
+    transport = app_client._engine.route.transport
     app_client.add_middleware(lambda m: {**m, "context": {**m["context"], "app": "shop"}})
 
     with capture() as events:
@@ -80,12 +80,15 @@ def test_an_existing_default_client_keeps_its_middleware_and_is_restored() -> No
         lambda_analytics.track(user_id="u1", event="Viewed")
 
     events.assert_tracked("Viewed", context={"app": "shop"})
-    assert lambda_analytics._default is app_client and app_client._transport is transport
+    assert (
+        lambda_analytics.default.current() is app_client
+        and app_client._engine.route.transport is transport
+    )
 
 
 def test_attach_captures_a_module_client_then_restores_it() -> None:
     module_client = unreachable_client(flush_at=10, disable=True, gzip=True)
-    transport = module_client._transport
+    transport = module_client._engine.route.transport
 
     with capture() as events:
         events.attach(module_client)
@@ -95,7 +98,7 @@ def test_attach_captures_a_module_client_then_restores_it() -> None:
     # Leaving the capture flushed the queue into it, never to the network.
     events.assert_tracked("Queued", user_id="u1")
     assert events.requests[0].headers["Content-Encoding"] == "gzip"
-    assert module_client._transport is transport and module_client.disable is True
+    assert module_client._engine.route.transport is transport and module_client.disable is True
     assert module_client.stats.queued == 0
 
 
@@ -107,7 +110,10 @@ def test_configure_during_the_capture_is_captured_and_undone() -> None:
         assert events.client is client
     events.assert_tracked("After Configure")
     assert lambda_analytics.configure is configure
-    assert lambda_analytics._default is None and client._transport is not events.transport
+    assert (
+        lambda_analytics.default.current() is None
+        and client._engine.route.transport is not events.transport
+    )
 
 
 def test_fail_next_reaches_on_error_and_is_reported() -> None:
@@ -200,7 +206,7 @@ def test_unittest_style() -> None:
 
     result = unittest.TextTestRunner(stream=open(os.devnull, "w")).run(CheckoutTest("test_it"))  # noqa: SIM115
     assert result.wasSuccessful()
-    assert lambda_analytics._default is None
+    assert lambda_analytics.default.current() is None
 
 
 # -- the pytest plugin, in a user project -----------------------------------------------------
@@ -270,7 +276,9 @@ def test_a_failing_user_test_shows_what_was_captured(tmp_path: Path) -> None:
     assert "2. track 'Order Completed' userId='u1' properties={'revenue': 9.99}" in output
     assert "differs: properties.revenue: expected 10, got 9.99" in output
     assert "captured nothing." in output and "analytics_events.attach(" in output
-    assert "lambda_analytics/testing.py" not in output  # the helpers' frames are hidden
+    # The helpers' frames are hidden.
+    assert "lambda_analytics/testing.py" not in output
+    assert "lambda_analytics/_assertions.py" not in output
 
 
 def test_the_entry_point_loads_the_plugin(tmp_path: Path) -> None:

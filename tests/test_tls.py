@@ -165,7 +165,7 @@ def test_verification_can_be_turned_off_from_the_environment_only_explicitly(
     import lambda_analytics
 
     server, cert = https()
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
     monkeypatch.setenv("ANALYTICS_WRITE_KEY", "k")
     monkeypatch.setenv("ANALYTICS_HOST", server.url)
     monkeypatch.setenv("ANALYTICS_MAX_RETRIES", "0")
@@ -173,4 +173,4 @@ def test_verification_can_be_turned_off_from_the_environment_only_explicitly(
     monkeypatch.setenv("ANALYTICS_CA_CERTS", str(cert))
     assert lambda_analytics.configure().track(user_id="u", event="e").delivered
     lambda_analytics.close()
-    monkeypatch.setattr(lambda_analytics, "_default", None)
+    monkeypatch.setattr(lambda_analytics.default, "_client", None)
