@@ -1,4 +1,4 @@
-"""A total deadline on every socket operation of one HTTP attempt (the transport's helper).
+"""The transport's socket-level helpers: a total deadline per attempt, and what failed.
 
 A socket timeout bounds one ``recv``; a server that sends a byte every 0.3 s never trips it.
 So the transport's connections wrap their socket in :class:`DeadlineSocket`, which sets the
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextvars
 import io
+import re
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
 _CURRENT: contextvars.ContextVar[Limits | None] = contextvars.ContextVar(
     "lambda_analytics_attempt", default=None
@@ -145,6 +146,53 @@ class _DeadlineReader(io.RawIOBase):
     def close(self) -> None:
         self._raw.close()
         super().close()
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, first in words a user troubleshooting "no events" can act on."""
+    chain = _chain(exc)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        summary = "connection refused (is the host and port right, is the server up?)"
+    elif any(isinstance(e, socket.gaierror) for e in chain):
+        summary = "unknown host (the name did not resolve)"
+    elif any(type(e).__name__.startswith(("SSL", "Certificate")) for e in chain):
+        summary = "TLS failed"  # by name: ssl is not imported here (Pyodide has none)
+    elif any(isinstance(e, (socket.timeout, TimeoutError)) for e in chain) or any(
+        type(e).__name__ in ("ReadTimeoutError", "ConnectTimeoutError") for e in chain
+    ):
+        summary = "timed out"
+    elif dropped(exc):
+        summary = "connection closed by the server"
+    else:
+        summary = "request failed"
+    # urllib3's and http.client's messages name the host, never headers; a user's may not
+    # (the boundary redacts).  urllib3 1.26 puts the connection's repr in: noise, dropped.
+    text = " ".join(_OBJECT_AT.sub("", str(exc)).split())
+    return f"{summary}: {type(exc).__name__}: {text}"
+
+
+_OBJECT_AT: Final = re.compile(r"<[^<>]*(?:<locals>[^<>]*)? object at 0x[0-9a-fA-F]+>:?\s*")
+
+
+def dropped(exc: BaseException) -> bool:
+    """True when the other end closed or reset the connection (nothing was answered)."""
+    for cause in _chain(exc):
+        if isinstance(cause, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return True
+        if type(cause).__name__ == "RemoteDisconnected":
+            return True
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(found) < 8 and cause not in found:  # chains can loop
+        found.append(cause)
+        nested = next((a for a in cause.args if isinstance(a, BaseException)), None)
+        # urllib3 1.26 wraps the cause as ProtocolError("Connection aborted.", cause).
+        cause = cause.__cause__ or cause.__context__ or nested
+    return found
 
 
 _made: dict[int, dict[str, Any]] = {}

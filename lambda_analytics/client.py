@@ -18,16 +18,17 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from .calls import Calls
-from .engine import Engine, Hooks, Route
+from .engine import Engine, Hooks
 from .errors import ClientClosedError
 from .messages import JSONDict, build_message, check_wire, encode_message, utc_text
 from .outcome import ErrorHook, report, safely
 from .queue import Item, MessageCallback
 from .results import CallResult, FlushResult, RequestInfo, Stats
 from .retry import RetryPolicy
+from .route import Route, build_route
 from .scope import Middleware, Scope, scopes
 from .settings import REGIONS, Settings, resolve
-from .transport import Transport, Urllib3Transport
+from .transport import Transport
 
 if TYPE_CHECKING:
     from .oauth import OAuthSettings
@@ -79,7 +80,12 @@ class Analytics(Calls):
         self._settings = settings
         route = Route(None)
         if not settings.disable:
-            route = _route(settings, transport, oauth)
+            route = build_route(settings, transport, oauth)
+        elif oauth is not None:  # a disabled client's key is checked too: it will be enabled
+            from .oauth import check_settings, load_private_key
+
+            check_settings(oauth)
+            load_private_key(oauth.private_key)
         self._engine = Engine(settings, route, Hooks(on_error, on_request, on_call_after_close))
         self._middleware: tuple[Middleware, ...] = ()
         self._closed = False
@@ -355,29 +361,6 @@ class Analytics(Calls):
         if callback is not None:
             safely(callback, error, message)
         return CallResult(mid, error=error)
-
-
-def _route(settings: Settings, transport: Transport | None, oauth: OAuthSettings | None) -> Route:
-    if transport is None:
-        transport = Urllib3Transport(
-            read_timeout=settings.timeout,
-            connect_timeout=settings.connect_timeout,
-            proxy=settings.proxy,
-            verify=settings.verify,
-            ca_certs=settings.ca_certs,
-        )
-    tokens = None
-    if oauth is not None:
-        from .oauth import TokenSource  # OAuth users only: it brings pyjwt and cryptography
-
-        tokens = TokenSource(oauth, region=settings.region, transport=transport,
-                             retry=settings.retry)  # fmt: skip
-    spool = None
-    if settings.spool_dir is not None:
-        from .spool import Spool  # pathlib and friends: only for those who spool
-
-        spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
-    return Route(transport, tokens, spool)
 
 
 def drop_all_connections() -> None:

@@ -30,35 +30,16 @@ from .messages import utc_text
 from .outcome import Outcome, safely
 from .queue import Item, MessageQueue
 from .results import RequestInfo, Response
-from .transport import Pending, Pipelining, Transport, guarded
+from .route import Route
+from .transport import Pending, Pipelining, guarded
 
 if TYPE_CHECKING:
     from .oauth import TokenSource
     from .settings import Settings
-    from .spool import Spool
 
 logger = logging.getLogger("lambda_analytics")
 
 USER_AGENT: Final = f"lambda_analytics/{__version__}"
-
-
-class Route:
-    """Where batches go: a transport (``None``: disabled), a token source, a spool."""
-
-    __slots__ = ("pipelining", "spool", "tokens", "transport")
-
-    def __init__(
-        self,
-        transport: Transport | None,
-        tokens: TokenSource | None = None,
-        spool: Spool | None = None,
-    ) -> None:
-        self.transport = transport
-        self.tokens = tokens
-        self.spool = spool
-        # Checked once, through the declared protocol; a spool releases its files at the end
-        # of each flush, so a batch cannot stay in flight with one.
-        self.pipelining = isinstance(transport, Pipelining) and spool is None
 
 
 class Hooks:
@@ -113,7 +94,8 @@ class Engine:
         self.in_flight: _Flight | None = None
         self.counts = {"sent": 0, "failed": 0, "dropped": 0, "disabled": 0, "after_close": 0}
         basic = base64.b64encode(f"{settings.write_key}:".encode()).decode()
-        self._secrets = tuple(s for s in (basic, settings.write_key) if s)
+        secrets = (basic, settings.write_key, *_proxy_secrets(settings))
+        self._secrets = tuple(secret for secret in secrets if secret)
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         self._headers["Authorization"] = "Basic " + basic
         if settings.gzip:
@@ -364,3 +346,13 @@ def _refresher(tokens: TokenSource) -> Callable[[Response], bool]:
         return True
 
     return refresh
+
+
+def _proxy_secrets(settings: Settings) -> tuple[str, ...]:
+    from .settings import proxy_credentials
+
+    credentials = proxy_credentials(settings.proxy)
+    if credentials is None or not credentials[1]:
+        return ()
+    basic = base64.b64encode(":".join(credentials).encode()).decode()
+    return (basic, credentials[1])

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .errors import ConfigurationError, DeliveryError, OAuthError
@@ -47,7 +48,7 @@ class OAuthSettings(NamedTuple):
 
     client_id: str
     key_id: str
-    private_key: str
+    private_key: str | bytes
     auth_server: str | None = None
     scope: str = DEFAULT_SCOPE
 
@@ -75,20 +76,56 @@ def build_assertion(
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": key_id, "typ": "JWT"})
 
 
-def load_private_key(pem: str) -> Any:
-    """Parse the PEM once; a key object is what every later assertion is signed with."""
+MIN_KEY_BITS: Final = 2048
+"""RSA keys shorter than this are refused (NIST SP 800-131A)."""
+
+
+def check_settings(settings: object) -> None:
+    """Raise ConfigurationError for OAuth settings that can never work (checked at construction)."""
+    if not isinstance(settings, OAuthSettings):
+        raise ConfigurationError(f"oauth must be an OAuthSettings, not {type(settings).__name__}")
+    for name in ("client_id", "key_id", "scope"):
+        value = getattr(settings, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigurationError(f"oauth.{name} must be a non-empty string")
+    if settings.auth_server is not None and "://" not in str(settings.auth_server):
+        raise ConfigurationError("oauth.auth_server must be a URL (https://...)")
+
+
+def load_private_key(pem: object) -> Any:
+    """Parse the PEM once; a key object is what every later assertion is signed with.
+
+    Takes the PEM as text or bytes; refuses anything else, keys that are not RSA and RSA keys
+    under 2,048 bits, with a ConfigurationError that never quotes the key.
+    """
+    if isinstance(pem, str):
+        data = pem.encode("utf-8", "replace")
+    elif isinstance(pem, (bytes, bytearray)):
+        data = bytes(pem)
+    else:
+        kind = type(pem).__name__
+        raise ConfigurationError(f"oauth.private_key must be the PEM text or bytes, not {kind}")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     try:
-        key = serialization.load_pem_private_key(pem.encode(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         # The library's message never quotes the key; ours does not either.
         raise ConfigurationError(
-            f"oauth.private_key: not a usable PEM private key ({exc})"
+            f"oauth.private_key: not a usable PEM private key ({type(exc).__name__})"
+        ) from None
+    except Exception as exc:  # cryptography's UnsupportedAlgorithm and friends
+        raise ConfigurationError(
+            f"oauth.private_key: not a usable PEM private key ({type(exc).__name__})"
         ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ConfigurationError("oauth.private_key: must be an RSA key (RS256)")
+    if key.key_size < MIN_KEY_BITS:
+        raise ConfigurationError(
+            f"oauth.private_key: an RSA key of {key.key_size} bits is too weak;"
+            f" use {MIN_KEY_BITS} bits or more"
+        )
     return key
 
 
@@ -111,11 +148,13 @@ class TokenSource:
         self.settings = settings
         self.audience = (settings.auth_server or AUTH_SERVERS[region]).rstrip("/")
         self.token_url = self.audience + "/token"
+        check_settings(settings)
         self._key = load_private_key(settings.private_key)
         self._transport = transport
         self._retry = retry
         self._lock = threading.Lock()
         self._fetching: threading.Event | None = None
+        self._assertions: deque[str] = deque(maxlen=8)
         self._token: str | None = None
         self._refresh_at = 0.0
         self._expires_at = 0.0
@@ -171,9 +210,11 @@ class TokenSource:
         raise OAuthError(reason)
 
     def redact(self, text: str) -> str:
-        """``text`` with the cached access token, if it appears, replaced."""
-        token = self._token
-        return text.replace(token, "<redacted>") if token and token in text else text
+        """``text`` without the cached access token or a recent client assertion."""
+        for secret in (self._token, *self._assertions):
+            if secret and secret in text:
+                text = text.replace(secret, "<redacted>")
+        return text
 
     def invalidate(self) -> None:
         """Forget the cached token (the API refused it); the next request fetches another."""
@@ -212,19 +253,20 @@ class TokenSource:
             self._correct_clock(response)
             if 200 <= response.status < 300:
                 return None
-            return OAuthError(_describe_refusal(response))
+            # The server's words, redacted (a server may echo our assertion) and made printable.
+            return OAuthError(clean(self.redact(_describe_refusal(response)), 500))
 
         result = deliver(send, policy=self._retry, deadline=deadline, judge=judge)
         if isinstance(result, OAuthError):
             raise result
         if isinstance(result, DeliveryError):
-            raise OAuthError(f"token request failed: {result}")
+            raise OAuthError(self.redact(f"token request failed: {result}"))
         self._store(result, started)
 
     def _assertion(self) -> str:
         import uuid
 
-        return build_assertion(
+        assertion = build_assertion(
             self._key,
             client_id=self.settings.client_id,
             key_id=self.settings.key_id,
@@ -232,23 +274,24 @@ class TokenSource:
             now=time.time() + self._skew,
             jti=str(uuid.uuid4()),
         )
+        self._assertions.append(assertion)  # kept to redact it from what the server says
+        return assertion
 
     def _store(self, response: Response, requested_at: float) -> None:
         try:
             payload = json.loads(response.body)
-            token = payload["access_token"]
-            lifetime = float(payload.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise OAuthError(
-                f"token response without access_token ({type(exc).__name__})"
-            ) from None
+        except (ValueError, RecursionError):
+            raise OAuthError("the token response is not JSON") from None
+        token = payload.get("access_token") if isinstance(payload, dict) else None
         if not isinstance(token, str) or not token:
-            raise OAuthError("token response without access_token")
-        if not _B64TOKEN.fullmatch(token):
-            # RFC 6750's b64token: anything else (CR, LF, non-ASCII) cannot go in a header.
-            raise OAuthError("the auth server sent an access token that is not a valid header")
-        if not 0 < lifetime < 10 * 365 * 86400:  # NaN and infinity fail too
-            lifetime = 3600.0
+            raise OAuthError("the token response has no access_token")
+        if len(token) > MAX_TOKEN_LENGTH or not _PRINTABLE.fullmatch(token):
+            # It goes in a header: CR, LF, spaces or non-ASCII could split or corrupt it.
+            raise OAuthError(
+                "the auth server sent an access token that cannot be a header"
+                f" ({len(token)} characters, printable ASCII up to {MAX_TOKEN_LENGTH} required)"
+            )
+        lifetime = _lifetime(payload.get("expires_in", DEFAULT_LIFETIME))
         with self._lock:
             self._token = token
             self._expires_at = requested_at + lifetime
@@ -271,7 +314,32 @@ class TokenSource:
 
 
 _sources: weakref.WeakSet[TokenSource] = weakref.WeakSet()
-_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_PRINTABLE: Final = re.compile(r"[\x21-\x7e]+")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+MAX_TOKEN_LENGTH: Final = 8192
+DEFAULT_LIFETIME: Final = 3600.0
+"""Seconds a token is kept when the response gives no ``expires_in`` (RFC 6749 §5.1)."""
+MAX_LIFETIME: Final = 7 * 86400.0
+"""A longer ``expires_in`` is cut to this: a revoked token is refreshed within a week."""
+
+
+def _lifetime(value: object) -> float:
+    """``expires_in`` as seconds; OAuthError for anything that is not a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise OAuthError(f"the token response's expires_in is a {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise OAuthError("the token response's expires_in is not a number") from None
+    if not seconds > 0 or seconds == float("inf"):  # NaN fails the comparison
+        raise OAuthError(f"the token response's expires_in must be positive and finite: {seconds}")
+    return min(seconds, MAX_LIFETIME)
+
+
+def clean(text: str, limit: int = 300) -> str:
+    """Server-supplied text made safe to print: control characters removed, clipped."""
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _after_fork() -> None:
@@ -296,6 +364,6 @@ def _describe_refusal(response: Response) -> str:
         detail = ": " + ": ".join(
             str(payload[k]) for k in ("error", "error_description") if payload.get(k)
         )
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         pass
     return f"the auth server refused the token request (HTTP {response.status}){detail}"

@@ -155,11 +155,10 @@ class Settings:
         return hash(tuple(str(v) for v in self.as_dict().values()))
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{name}={'<redacted>' if name == 'write_key' else repr(value)}"
-            for name, value in self.as_dict().items()
-        )
-        return f"Settings({shown})"
+        shown = dict(self.as_dict(), write_key="<redacted>")
+        if self.proxy is not None:
+            shown["proxy"] = _without_password(self.proxy)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
@@ -194,6 +193,11 @@ def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = No
     if "://" not in base:
         base = "https://" + base
     spool_dir = value["spool_dir"]
+    ca_certs, proxy = value["ca_certs"], value["proxy"]
+    if ca_certs is not None and not os.path.exists(ca_certs):
+        raise ConfigurationError(f"ca_certs: no such file or directory: {ca_certs!r}")
+    if proxy is not None:
+        check_proxy(proxy)
     return Settings(
         write_key=key or "",
         url=base + "/" + str(value["path"]).lstrip("/"),
@@ -212,3 +216,36 @@ def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = No
         spool_dir=None if spool_dir is None else os.fspath(spool_dir),
         spool_max_bytes=value["spool_max_bytes"],
     )
+
+
+def check_proxy(proxy: object) -> None:
+    """ConfigurationError unless ``proxy`` is an http(s) URL (credentials never quoted)."""
+    if not isinstance(proxy, str):
+        raise ConfigurationError(f"proxy must be a URL string, not {type(proxy).__name__}")
+    scheme, _, rest = proxy.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ConfigurationError(
+            f"proxy must be an http:// or https:// URL: {_without_password(proxy)!r}"
+        )
+
+
+def proxy_credentials(proxy: str | None) -> tuple[str, str] | None:
+    """``(user, password)`` from ``http://user:password@host:port``, percent-decoded, or None."""
+    if proxy is None:
+        return None
+    netloc = proxy.partition("://")[2].split("/", 1)[0]
+    if "@" not in netloc:
+        return None
+    from urllib.parse import unquote  # only for proxies with credentials
+
+    user, _, password = netloc.rpartition("@")[0].partition(":")
+    return unquote(user), unquote(password)
+
+
+def _without_password(proxy: str) -> str:
+    scheme, sep, rest = proxy.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        user = netloc.rpartition("@")[0].partition(":")[0]
+        netloc = f"{user}:<redacted>@{netloc.rpartition('@')[2]}"
+    return f"{scheme}{sep}{netloc}{slash}{path}"

@@ -1,25 +1,20 @@
 """How bytes reach the network: the Transport protocol, urllib3, and the exception boundary.
 
-:class:`Transport` is what a client sends through; :class:`Urllib3Transport` is the default;
-:func:`guarded` is the boundary that turns anything a send raises into a ``DeliveryError``.
-
-The only module that imports urllib3, and only when the first :class:`Urllib3Transport` is
-built.  Its own retries and redirects are off: ``delivery`` decides.  Every attempt has a
-total deadline: the socket is wrapped (``_sockets``) so that sending,
-the status line, the headers and the body all end by it, however slowly a server dribbles
-bytes; a response body is read up to a small cap.
+:class:`Transport` is what a client sends through; :class:`Urllib3Transport` is the default
+(the only code that imports urllib3, on first use); :func:`guarded` turns anything a send
+raises into a ``DeliveryError``.  urllib3's retries and redirects are off: ``delivery``
+decides.  Sockets are wrapped (``_sockets``) so that sending, the status line, the headers
+and the body all end by the attempt's deadline; a response body is read up to a small cap.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
-from ._sockets import Limits, limits_for, within
+from ._sockets import Limits, describe, dropped, limits_for, within
 from .errors import DeliveryError, StaleConnectionError, TransportError
 from .results import Response
 
@@ -106,53 +101,6 @@ def guarded(call: Callable[[], object], redact: Callable[[str], str]) -> Respons
     return Response(status, headers, bytes(body))
 
 
-def describe(exc: BaseException) -> str:
-    """What went wrong, first in words a user troubleshooting "no events" can act on."""
-    chain = _chain(exc)
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        summary = "connection refused (is the host and port right, is the server up?)"
-    elif any(isinstance(e, socket.gaierror) for e in chain):
-        summary = "unknown host (the name did not resolve)"
-    elif any(type(e).__name__.startswith(("SSL", "Certificate")) for e in chain):
-        summary = "TLS failed"  # by name: ssl is not imported here (Pyodide has none)
-    elif any(isinstance(e, (socket.timeout, TimeoutError)) for e in chain) or any(
-        type(e).__name__ in ("ReadTimeoutError", "ConnectTimeoutError") for e in chain
-    ):
-        summary = "timed out"
-    elif dropped(exc):
-        summary = "connection closed by the server"
-    else:
-        summary = "request failed"
-    # urllib3's and http.client's messages name the host, never headers; a user's may not
-    # (the boundary redacts).  urllib3 1.26 puts the connection's repr in: noise, dropped.
-    text = " ".join(_OBJECT_AT.sub("", str(exc)).split())
-    return f"{summary}: {type(exc).__name__}: {text}"
-
-
-_OBJECT_AT: Final = re.compile(r"<[^<>]*(?:<locals>[^<>]*)? object at 0x[0-9a-fA-F]+>:?\s*")
-
-
-def dropped(exc: BaseException) -> bool:
-    """True when the other end closed or reset the connection (nothing was answered)."""
-    for cause in _chain(exc):
-        if isinstance(cause, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-            return True
-        if type(cause).__name__ == "RemoteDisconnected":
-            return True
-    return False
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    found: list[BaseException] = []
-    cause: BaseException | None = exc
-    while cause is not None and len(found) < 8 and cause not in found:  # chains can loop
-        found.append(cause)
-        nested = next((a for a in cause.args if isinstance(a, BaseException)), None)
-        # urllib3 1.26 wraps the cause as ProtocolError("Connection aborted.", cause).
-        cause = cause.__cause__ or cause.__context__ or nested
-    return found
-
-
 class Urllib3Transport:
     """A keep-alive urllib3 ``PoolManager`` (or ``ProxyManager``), safe to share between threads.
 
@@ -203,8 +151,16 @@ class Urllib3Transport:
 
     def _new_pool(self) -> urllib3.PoolManager:
         if self._proxy:
+            from .settings import proxy_credentials
+
+            # urllib3 does not turn a proxy URL's user:password into Proxy-Authorization.
+            credentials = proxy_credentials(self._proxy)
+            url, headers = self._proxy, None
+            if credentials is not None:
+                url = self._urllib3.util.parse_url(self._proxy)._replace(auth=None).url
+                headers = self._urllib3.make_headers(proxy_basic_auth=":".join(credentials))
             manager: urllib3.PoolManager = self._urllib3.ProxyManager(
-                self._proxy, **self._pool_args
+                url, proxy_headers=headers, **self._pool_args
             )
         else:
             manager = self._urllib3.PoolManager(**self._pool_args)
