@@ -42,11 +42,16 @@ from .settings import Settings
 from .transport import Transport, Urllib3Transport
 
 if TYPE_CHECKING:
+    from .lifecycle import flush_on_sigterm
     from .oauth import OAuthSettings
     from .serverless import with_analytics
 
 # Loaded on first use: most programs need neither, and import time is cold-start time.
-_LAZY = {"OAuthSettings": ".oauth", "with_analytics": ".serverless"}
+_LAZY = {
+    "OAuthSettings": ".oauth",
+    "flush_on_sigterm": ".lifecycle",
+    "with_analytics": ".serverless",
+}
 
 __all__ = [
     "Analytics",
@@ -78,6 +83,7 @@ __all__ = [
     "close",
     "configure",
     "flush",
+    "flush_on_sigterm",
     "get_client",
     "group",
     "identify",

@@ -13,10 +13,10 @@ import contextlib
 import json
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
+from . import lifecycle
 from .calls import Calls
 from .engine import Engine, Hooks
 from .errors import ClientClosedError
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from .oauth import OAuthSettings
 
 __all__ = ["REGIONS", "Analytics", "ErrorHook", "MessageCallback", "Middleware"]
-
-_clients: weakref.WeakSet[Analytics] = weakref.WeakSet()
 
 
 class Analytics(Calls):
@@ -62,6 +60,7 @@ class Analytics(Calls):
         gzip: bool | None = None,
         timeout: float | None = None,
         connect_timeout: float | None = None,
+        exit_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         on_error: ErrorHook | None = None,
         on_request: Callable[[RequestInfo], None] | None = None,
@@ -90,7 +89,7 @@ class Analytics(Calls):
         self._middleware: tuple[Middleware, ...] = ()
         self._closed = False
         self._scopes = scopes()
-        _clients.add(self)
+        lifecycle.register(self)
 
     def __repr__(self) -> str:
         return (
@@ -113,9 +112,12 @@ class Analytics(Calls):
         return outcome.result()
 
     def close(self, timeout: float | None = None) -> FlushResult:
-        """Flush, then refuse new calls: they are reported to ``on_call_after_close``, not sent."""
+        """Flush, then refuse new calls: they are reported to ``on_call_after_close``, not sent.
+
+        Without ``timeout``, the flush takes at most ``exit_timeout`` seconds (5 by default).
+        """
         self._closed = True
-        result = self.flush(timeout)
+        result = self.flush(self._settings.exit_timeout if timeout is None else timeout)
         transport = self._engine.route.transport
         if transport is not None:
             transport.close()
@@ -338,6 +340,15 @@ class Analytics(Calls):
         error = outcome.error_for(item)
         return CallResult(item.message_id, delivered=error is None, error=error)
 
+    def _flush_at_exit(self, deadline: float) -> int:
+        """Flush for a process that is ending; the number of messages not delivered.
+
+        Reported to hooks and callbacks as usual, but logged by the caller in one line.
+        """
+        outcome = self._engine.flush(deadline, self._take_held(self._scopes.get()))
+        report(outcome, self._engine.hooks.on_error, log=False)
+        return outcome.failed_count()
+
     def _take_held(self, scope: Scope) -> list[Item]:
         if not scope.held:
             return []
@@ -361,20 +372,3 @@ class Analytics(Calls):
         if callback is not None:
             safely(callback, error, message)
         return CallResult(mid, error=error)
-
-
-def drop_all_connections() -> None:
-    """Close the pooled connections of every live client (before a snapshot, after a restore)."""
-    for client in list(_clients):
-        transport = client._engine.route.transport
-        if transport is not None:
-            transport.reset()
-
-
-def _reset_clients_after_fork() -> None:
-    for client in list(_clients):
-        client._engine.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_clients_after_fork)

@@ -325,6 +325,12 @@ class Engine:
         )
         safely(hook, info)
 
+    def reset_connections(self) -> None:
+        """Close pooled connections; the next request opens new ones."""
+        transport = self.route.transport
+        if transport is not None:
+            transport.reset()
+
     def after_fork(self) -> None:
         """In a forked child: a lock nobody holds, nothing queued, connections of its own.
 

@@ -105,7 +105,7 @@ class Outcome:
         )
 
 
-def report(outcome: Outcome, on_error: ErrorHook | None) -> None:
+def report(outcome: Outcome, on_error: ErrorHook | None, *, log: bool = True) -> None:
     """Run callbacks and ``on_error`` for ``outcome``; call with no lock held."""
     for item in outcome.sent:
         if item.callback is not None:
@@ -117,7 +117,8 @@ def report(outcome: Outcome, on_error: ErrorHook | None) -> None:
                 safely(item.callback, error, decode(item))
     for error, items in outcome.failures:
         messages = [decode(item) for item in items]
-        logger.warning("%d messages not delivered: %s", len(messages), error)
+        if log:
+            logger.warning("%d messages not delivered: %s", len(messages), error)
         if on_error is not None:
             safely(on_error, error, messages)
         for item, message in zip(items, messages, strict=True):

@@ -20,7 +20,8 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
-from .client import Analytics, Middleware, drop_all_connections
+from .client import Analytics, Middleware
+from .lifecycle import drop_all_connections
 
 P = ParamSpec("P")
 R = TypeVar("R")

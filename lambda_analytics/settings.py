@@ -38,6 +38,7 @@ ENVIRONMENT: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "GZIP": ("gzip", _boolean),
     "TIMEOUT": ("timeout", float),
     "CONNECT_TIMEOUT": ("connect_timeout", float),
+    "EXIT_TIMEOUT": ("exit_timeout", float),
     "MAX_RETRIES": ("retry", lambda text: RetryPolicy(max_retries=int(text))),
     "DISABLE": ("disable", _boolean),
     "PROXY": ("proxy", str),
@@ -80,6 +81,7 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "gzip": False,
     "timeout": 10.0,
     "connect_timeout": 3.0,
+    "exit_timeout": 5.0,
     "retry": None,
     "disable": False,
     "proxy": None,
@@ -100,6 +102,7 @@ class Settings:
         "ca_certs",
         "connect_timeout",
         "disable",
+        "exit_timeout",
         "flush_at",
         "flush_interval",
         "gzip",
@@ -124,6 +127,8 @@ class Settings:
     gzip: bool
     timeout: float
     connect_timeout: float
+    exit_timeout: float
+    """The longest ``close()`` without a timeout, and the flush at interpreter exit, may take."""
     retry: RetryPolicy
     disable: bool
     proxy: str | None
@@ -182,7 +187,7 @@ def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = No
     for name in ("flush_at", "max_queue_size", "spool_max_bytes"):
         if not isinstance(value[name], int) or isinstance(value[name], bool) or value[name] < 1:
             raise ConfigurationError(f"{name} must be an integer of at least 1")
-    for name in ("flush_interval", "timeout", "connect_timeout"):
+    for name in ("flush_interval", "timeout", "connect_timeout", "exit_timeout"):
         number = value[name]
         if not isinstance(number, (int, float)) or isinstance(number, bool) or not number > 0:
             raise ConfigurationError(f"{name} must be a positive number of seconds")
@@ -208,6 +213,7 @@ def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = No
         gzip=bool(value["gzip"]),
         timeout=float(value["timeout"]),
         connect_timeout=float(value["connect_timeout"]),
+        exit_timeout=float(value["exit_timeout"]),
         retry=retry,
         disable=disable,
         proxy=value["proxy"],
