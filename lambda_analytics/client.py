@@ -179,6 +179,24 @@ class Analytics(Calls):
                 with engine.lock:
                     engine.queue.extend(held)
 
+    def release_held(self) -> Callable[[float | None], FlushResult]:
+        """Take the calls held so far in this ``hold()`` block; return ``send(timeout)``.
+
+        For delivery after a response (``web``'s middleware, a Worker's ``waitUntil``): the
+        block may end, and ``send`` runs later, in another thread or task, delivering these
+        calls (and only these) within ``timeout`` seconds.  Call ``send`` exactly once.
+        """
+        items = self._take_held(self._scopes.get())
+        engine = self._engine
+
+        def send(timeout: float | None = None) -> FlushResult:
+            deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+            outcome = engine.send_items(items, deadline)
+            report(outcome, engine.hooks.on_error)
+            return outcome.result()
+
+        return send
+
     @contextlib.contextmanager
     def use_transport(self, transport: Transport) -> Iterator[Analytics]:
         """Inside the block, send through ``transport``: no token, no spool, even if disabled.

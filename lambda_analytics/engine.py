@@ -132,6 +132,12 @@ class Engine:
             items.extend(extra)
         return self.run(items, deadline, route, flight, pipeline=False)
 
+    def send_items(self, items: list[Item], deadline: float | None) -> Outcome:
+        """Send ``items`` alone (calls held by one request), not the shared queue."""
+        with self.lock:
+            route = self.route
+        return self.run(items, deadline, route, None, pipeline=False)
+
     def _take_flight(self) -> _Flight | None:
         flight, self.in_flight = self.in_flight, None
         return flight

@@ -445,3 +445,19 @@ def test_default_client_from_the_environment(
     monkeypatch.setenv("ANALYTICS_FLUSH_AT", "many")
     with pytest.raises(ConfigurationError, match="ANALYTICS_FLUSH_AT"):
         lambda_analytics.configure()
+
+
+def test_release_held_sends_one_requests_calls_later(
+    collector: Collector, make_client: MakeClient
+) -> None:
+    analytics = make_client(flush_at=1)
+    with analytics.hold():
+        analytics.track(user_id="u", event="One")
+        analytics.track(user_id="u", event="Two")
+        send = analytics.release_held()
+    assert collector.requests == [] and analytics.stats.queued == 0  # not re-queued
+    analytics.track(user_id="other", event="Meanwhile")  # someone else's call goes at once
+    result = send(1.0)
+    assert (result.sent, result.failed) == (2, 0)
+    batches = [[m["event"] for m in r.payload["batch"]] for r in collector.requests]  # type: ignore[index]
+    assert batches == [["Meanwhile"], ["One", "Two"]]
