@@ -461,3 +461,35 @@ def test_main_runs_for_duration(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "http://127.0.0.1:" in out
     assert "0 messages" in out
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"idle_timeout": 0},
+        {"idle_timeout": -1.0},
+        {"request_timeout": 0},
+        {"max_connections": 0},
+        {"rejected_sample": -1},
+    ],
+)
+def test_limits_must_make_sense(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Collector(WRITE_KEY, **settings)
+
+
+def test_limits_can_be_lifted() -> None:
+    with Collector(WRITE_KEY, idle_timeout=None, request_timeout=None, rejected_sample=0) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=3.0) as sock:
+            sock.sendall(raw_request(server).replace(b"Basic ", b"Basic x"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 401")
+        assert server.rejected_count == 1
+        assert server.rejected_requests == []
+
+
+def test_main_refuses_nonsense_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", "0", "--max-connections", "0"])
+    assert exited.value.code == 2
+    assert "max_connections" in capsys.readouterr().err
