@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from . import lifecycle
 from .calls import Calls
-from .engine import Engine, Hooks
+from .engine import Engine
 from .errors import ClientClosedError
+from .events import Hooks, Listening
 from .messages import JSONDict, build_message, check_wire, encode_message, utc_text
 from .outcome import ErrorHook, report, safely
 from .queue import Item, MessageCallback
@@ -27,7 +28,7 @@ from .results import CallResult, FlushResult, RequestInfo, Stats
 from .retry import RetryPolicy
 from .route import Route, build_route
 from .scope import Middleware, Scope, scopes
-from .settings import REGIONS, Settings, resolve
+from .settings import REGIONS, Settings, check_seconds, resolve
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["REGIONS", "Analytics", "ErrorHook", "MessageCallback", "Middleware"]
 
 
-class Analytics(Calls):
+class Analytics(Calls, Listening):
     """A synchronous client for a Segment-compatible ``/v1/batch`` endpoint.
 
     With the default ``flush_at=1`` every call is delivered before it returns.  Raise
@@ -62,6 +63,7 @@ class Analytics(Calls):
         connect_timeout: float | None = None,
         exit_timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
         on_error: ErrorHook | None = None,
         on_request: Callable[[RequestInfo], None] | None = None,
         on_call_after_close: Callable[[JSONDict], None] | None = None,
@@ -106,9 +108,10 @@ class Analytics(Calls):
         time is reported as failed (``on_error``, callbacks, and the result), never raised.
         ``timeout=0`` sends nothing and reports everything.
         """
+        check_seconds("timeout", timeout)
         scope = self._scopes.get()
         outcome = self._engine.flush(scope.deadline_after(timeout), self._take_held(scope))
-        report(outcome, self._engine.hooks.on_error)
+        report(outcome, self._engine.hooks)
         return outcome.result()
 
     def close(self, timeout: float | None = None) -> FlushResult:
@@ -136,6 +139,7 @@ class Analytics(Calls):
         Blocks nest; the earliest deadline wins.  ``None`` adds no limit.  The block belongs
         to the current thread or asyncio task: concurrent requests keep their own.
         """
+        check_seconds("seconds", seconds)
         with self.invocation(seconds=seconds):
             yield
 
@@ -192,7 +196,7 @@ class Analytics(Calls):
         def send(timeout: float | None = None) -> FlushResult:
             deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
             outcome = engine.send_items(items, deadline)
-            report(outcome, engine.hooks.on_error)
+            report(outcome, engine.hooks)
             return outcome.result()
 
         return send
@@ -235,6 +239,10 @@ class Analytics(Calls):
             chain = list(self._middleware)
             chain.remove(middleware)
             self._middleware = tuple(chain)
+
+    @property
+    def _hooks(self) -> Hooks:
+        return self._engine.hooks
 
     @property
     def settings(self) -> Settings:
@@ -307,7 +315,7 @@ class Analytics(Calls):
             new_id=scope.new_id,
         )
         data = encode_message(message)
-        if self._middleware or scope.middleware:
+        if self._middleware or scope.middleware or self._engine.hooks.plugins:
             changed = self._run_middleware(data, scope)
             if changed is None:
                 return CallResult(message["messageId"], dropped=True)
@@ -326,7 +334,7 @@ class Analytics(Calls):
         outcome, included = engine.submit(item, scope.deadline)
         if outcome is None:
             return CallResult(mid, queued=True)
-        report(outcome, engine.hooks.on_error)
+        report(outcome, engine.hooks)
         if not included or outcome.is_pending(item):
             return CallResult(mid, queued=True)
         error = outcome.error_for(item)
@@ -335,13 +343,20 @@ class Analytics(Calls):
     def _run_middleware(self, data: bytes, scope: Scope) -> tuple[JSONDict, bytes] | None:
         """Middleware on a wire-format copy: it may change anything, callers' dicts stay."""
         copy: JSONDict = json.loads(data)
-        for middleware in (*self._middleware, *scope.middleware):
+        chain: tuple[Callable[[JSONDict], object], ...] = (
+            *self._engine.hooks.before_queueing(),
+            *self._middleware,
+            *scope.middleware,
+        )
+        for middleware in chain:
             changed = middleware(copy)
             if changed is None:
                 with self._engine.lock:
                     self._engine.counts["dropped"] += 1
                 return None
-            name = getattr(middleware, "__qualname__", None) or repr(middleware)
+            name = getattr(middleware, "name", None) or getattr(
+                middleware, "__qualname__", repr(middleware)
+            )
             copy = check_wire(changed, f"middleware {name}")
         return copy, encode_message(copy)
 
@@ -354,17 +369,14 @@ class Analytics(Calls):
         if not full:
             return CallResult(item.message_id, queued=True)
         outcome = self._engine.flush(scope.deadline, self._take_held(scope))
-        report(outcome, self._engine.hooks.on_error)
+        report(outcome, self._engine.hooks)
         error = outcome.error_for(item)
         return CallResult(item.message_id, delivered=error is None, error=error)
 
     def _flush_at_exit(self, deadline: float) -> int:
-        """Flush for a process that is ending; the number of messages not delivered.
-
-        Reported to hooks and callbacks as usual, but logged by the caller in one line.
-        """
+        """Flush for a process that is ending; the number not delivered (the caller logs it)."""
         outcome = self._engine.flush(deadline, self._take_held(self._scopes.get()))
-        report(outcome, self._engine.hooks.on_error, log=False)
+        report(outcome, self._engine.hooks, log=False)
         return outcome.failed_count()
 
     def _take_held(self, scope: Scope) -> list[Item]:
@@ -382,11 +394,7 @@ class Analytics(Calls):
         engine = self._engine
         with engine.lock:
             engine.counts["after_close"] += 1
-        hooks = engine.hooks
-        if hooks.on_call_after_close is not None:
-            safely(hooks.on_call_after_close, message)
-        elif hooks.on_error is not None:
-            safely(hooks.on_error, error, [message])
+        engine.hooks.call_after_close(message, error)
         if callback is not None:
             safely(callback, error, message)
         return CallResult(mid, error=error)

@@ -45,6 +45,28 @@ def utc_text(unix_time: float) -> str:
 
 
 _SECOND: tuple[int, str] = (-1, "")
+_FRACTION: Final = re.compile(r"(.*[T ]\d\d:\d\d:\d\d)\.(\d+)(.*)")
+
+
+def parse_timestamp(text: str) -> _dt.datetime:
+    """An ISO-8601 date-time (``2015-06-01T12:00:00.000Z``, ``2024-05-01 12:00+02:00``).
+
+    Without an offset the time is taken as UTC, as for a naive datetime.  ValueError if it is
+    not one.
+    """
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    # Python 3.10's fromisoformat wants 0, 3 or 6 fraction digits: pad or cut to 6.
+    match = _FRACTION.fullmatch(value)
+    if match:
+        value = f"{match[1]}.{match[2][:6].ljust(6, '0')}{match[3]}"
+    if len(value) < 10 or not value[:4].isdigit():  # fromisoformat takes "2024" on 3.11+
+        raise ValueError("not an ISO-8601 date-time")
+    try:
+        return _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO-8601 date-time") from None
 
 
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")

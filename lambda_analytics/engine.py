@@ -26,8 +26,9 @@ from .errors import (
     SpoolError,
     TransportError,
 )
+from .events import Hooks, safely
 from .messages import utc_text
-from .outcome import Outcome, safely
+from .outcome import Outcome
 from .queue import Item, MessageQueue
 from .results import RequestInfo, Response
 from .route import Route
@@ -40,22 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("lambda_analytics")
 
 USER_AGENT: Final = f"lambda_analytics/{__version__}"
-
-
-class Hooks:
-    """The client's assignable hooks (the only settings that may change after construction)."""
-
-    __slots__ = ("on_call_after_close", "on_error", "on_request")
-
-    def __init__(
-        self,
-        on_error: Callable[[DeliveryError, list[dict[str, object]]], None] | None = None,
-        on_request: Callable[[RequestInfo], None] | None = None,
-        on_call_after_close: Callable[[dict[str, object]], None] | None = None,
-    ) -> None:
-        self.on_error = on_error
-        self.on_request = on_request
-        self.on_call_after_close = on_call_after_close
 
 
 class _Flight:
@@ -179,8 +164,8 @@ class Engine:
         if claimed is not None:
             # What earlier flushes could not deliver goes first.
             items = [Item(data) for data in claimed.messages] + items
-            for path in claimed.corrupt:
-                outcome.fail(SpoolError(f"unreadable spool file set aside as {path}"), [])
+            for problem in claimed.problems:  # a file set aside, a directory refused...
+                outcome.fail(SpoolError(problem), [])
         if items and route.transport is None:  # disabled: validated and counted, not sent
             outcome.settle(items, None)
         elif items:
@@ -203,7 +188,8 @@ class Engine:
                     outcome.settle(chunk, self._settle(flight, deadline))
         if spool is not None and claimed is not None:
             outcome.spool_transient(spool, self._transient)
-            spool.release(claimed)
+            for problem in spool.release(claimed):  # the spool's methods never raise
+                outcome.fail(SpoolError(problem), [])
 
     def _send(
         self, chunk: list[Item], deadline: float | None, route: Route,
@@ -314,7 +300,7 @@ class Engine:
             duration * 1000,
         )  # fmt: skip
         hook = self.hooks.on_request
-        if hook is None:
+        if hook is None and not self.hooks.wants("http_request"):
             return
         info = RequestInfo(
             url=self.settings.url,
@@ -329,7 +315,9 @@ class Engine:
             else {str(k): self.redact(str(v)) for k, v in response.headers.items()},
             error=error,
         )
-        safely(hook, info)
+        if hook is not None:
+            safely(hook, info)
+        self.hooks.emit("http_request", info)
 
     def reset_connections(self) -> None:
         """Close pooled connections; the next request opens new ones."""

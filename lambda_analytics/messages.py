@@ -13,7 +13,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ._version import __version__
-from .encoding import ENCODER, deep_field, explain, format_timestamp, nesting, utc_text
+from .encoding import (
+    ENCODER,
+    deep_field,
+    explain,
+    format_timestamp,
+    nesting,
+    parse_timestamp,
+    utc_text,
+)
 from .errors import InvalidTypeError, MessageTooLargeError, ValidationError
 
 __all__ = [
@@ -32,6 +40,7 @@ __all__ = [
     "encode_message",
     "format_timestamp",
     "normalise",
+    "parse_timestamp",
     "utc_text",
 ]
 
@@ -138,13 +147,8 @@ def build_message(
         message["integrations"] = _mapping("integrations", integrations)
     if timestamp is None:
         message["timestamp"] = now
-    elif isinstance(timestamp, _dt.datetime):
-        try:
-            message["timestamp"] = format_timestamp(timestamp)
-        except OverflowError:
-            raise ValidationError("timestamp", "is out of range once converted to UTC") from None
     else:
-        raise InvalidTypeError("timestamp", f"must be a datetime, not {type(timestamp).__name__}")
+        message["timestamp"] = _timestamp(timestamp)
     message["messageId"] = new_id() if message_id is None else _message_id(message_id)
     return message
 
@@ -232,6 +236,23 @@ def _shown(value: object) -> str:
     if isinstance(value, str):
         return f"{len(value)} characters long"
     return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _timestamp(value: object) -> str:
+    if isinstance(value, str):  # as the Node SDK and the CLI import take it
+        text = value
+        try:
+            value = parse_timestamp(text)
+        except ValueError:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise ValidationError("timestamp", f"not an ISO-8601 date-time: {shown!r}") from None
+    if not isinstance(value, _dt.datetime):
+        kind = type(value).__name__
+        raise InvalidTypeError("timestamp", f"must be a datetime or ISO-8601 text, not {kind}")
+    try:
+        return format_timestamp(value)
+    except OverflowError:
+        raise ValidationError("timestamp", "is out of range once converted to UTC") from None
 
 
 def _mapping(field: str, value: object) -> Mapping[str, Any]:

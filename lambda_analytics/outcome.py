@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import DeliveryError, SpoolError
+from .events import Hooks, safely
 from .messages import JSONDict
 from .queue import Item
 from .results import FlushResult
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("lambda_analytics")
 
 ErrorHook = Callable[[DeliveryError, list[JSONDict]], None]
+__all__ = ["ErrorHook", "Outcome", "decode", "report", "safely"]
 
 
 class Outcome:
@@ -61,24 +63,30 @@ class Outcome:
             self.failures.append((error, lost))
 
     def spool_transient(self, spool: Spool, transient: Callable[[DeliveryError], bool]) -> None:
-        """Move failures a later flush may deliver from ``failures`` to ``spooled``."""
+        """Move failures a later flush may deliver from ``failures`` to ``spooled``.
+
+        What the spool could not take (an ``OSError`` on the way), or dropped to stay within
+        its bound, stays in ``failures`` as a :class:`SpoolError` with those messages.
+        """
         keep: list[tuple[DeliveryError, list[Item]]] = []
         for error, items in self.failures:
             if not items or not transient(error):
                 keep.append((error, items))
                 continue
-            try:
-                dropped = spool.write([i.data for i in items])
-            except OSError as exc:
-                keep.append((SpoolError(f"could not spool: {exc}"), items))
-                continue
-            mine = {item.data: item for item in items}
-            lost = [mine.pop(data, Item(data)) for data in dropped]
-            if mine:
-                self.spooled.append((error, list(mine.values())))
-            if lost:
-                full = SpoolError(f"spool over {spool.max_bytes} bytes: oldest messages dropped")
-                keep.append((full, lost))
+            mine: dict[bytes, list[Item]] = {}
+            for item in reversed(items):
+                mine.setdefault(item.data, []).append(item)
+            taken: set[int] = set()
+            for problem, dropped in spool.write([i.data for i in items]):
+                lost = []
+                for data in dropped:  # those of older files dropped from the spool: new Items
+                    group = mine.get(data)
+                    lost.append(group.pop() if group else Item(data))
+                    taken.add(id(lost[-1]))
+                keep.append((SpoolError(problem), lost))
+            spooled = [item for item in items if id(item) not in taken]
+            if spooled:
+                self.spooled.append((error, spooled))
         self.failures = keep
 
     def failed_count(self) -> int:
@@ -105,11 +113,16 @@ class Outcome:
         )
 
 
-def report(outcome: Outcome, on_error: ErrorHook | None, *, log: bool = True) -> None:
-    """Run callbacks and ``on_error`` for ``outcome``; call with no lock held."""
+def report(outcome: Outcome, hooks: Hooks, *, log: bool = True) -> None:
+    """Run callbacks, ``on_error``, listeners and plugins for ``outcome``; no lock held."""
+    listening = hooks.listening
     for item in outcome.sent:
-        if item.callback is not None:
-            safely(item.callback, None, decode(item))
+        if item.callback is not None or listening:
+            message = decode(item)
+            if item.callback is not None:
+                safely(item.callback, None, message)
+            if listening:
+                hooks.settled(message, None)
     for error, items in outcome.spooled:
         logger.info("%d messages spooled for the next flush: %s", len(items), error)
         for item in items:
@@ -117,13 +130,20 @@ def report(outcome: Outcome, on_error: ErrorHook | None, *, log: bool = True) ->
                 safely(item.callback, error, decode(item))
     for error, items in outcome.failures:
         messages = [decode(item) for item in items]
-        if log:
+        if log and messages:
             logger.warning("%d messages not delivered: %s", len(messages), error)
-        if on_error is not None:
-            safely(on_error, error, messages)
+        elif log:  # a problem with no message of its own (a spool file set aside)
+            logger.warning("%s", error)
+        if hooks.on_error is not None:
+            safely(hooks.on_error, error, messages)
+        hooks.emit("error", error, messages)
         for item, message in zip(items, messages, strict=True):
             if item.callback is not None:
                 safely(item.callback, error, message)
+            if listening:
+                hooks.settled(message, error)
+    if hooks.wants("flush"):
+        hooks.emit("flush", outcome.result())
 
 
 def decode(item: Item) -> JSONDict:
@@ -133,11 +153,3 @@ def decode(item: Item) -> JSONDict:
     except (ValueError, RecursionError):  # never for what messages.encode_message accepted
         message = {"messageId": item.message_id, "undecodable": True}
     return message
-
-
-def safely(hook: Callable[..., object], *args: Any) -> None:
-    """Call a user hook; its exception is logged, never raised into the caller's code."""
-    try:
-        hook(*args)
-    except Exception:
-        logger.exception("lambda_analytics hook %r raised", hook)

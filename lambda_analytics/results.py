@@ -63,6 +63,8 @@ class RequestInfo(NamedTuple):
     status: int | None = None
     response_headers: Mapping[str, str] = MappingProxyType({})
     error: DeliveryError | None = None
+    method: str = "POST"
+    """The HTTP method (always ``POST`` for batches), as the Node SDK's ``http_request`` has."""
 
 
 class Stats(NamedTuple):

@@ -79,6 +79,9 @@ def with_analytics(
     ``stable_message_ids=True`` derives message ids from the Lambda request id and the call's
     position, so a retried invocation sends the same ids and the server deduplicates them.
     """
+    from .settings import check_seconds
+
+    check_seconds("timeout", timeout)
     options = _Options(
         timeout, safety_margin, default_timeout, batch, invocation_context, stable_message_ids
     )

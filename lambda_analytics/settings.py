@@ -191,9 +191,15 @@ def resolve(arguments: Mapping[str, Any], environ: Mapping[str, str] | None = No
         number = value[name]
         if not isinstance(number, (int, float)) or isinstance(number, bool) or not number > 0:
             raise ConfigurationError(f"{name} must be a positive number of seconds")
+        check_seconds(name, number)
     retry = value["retry"] if value["retry"] is not None else RetryPolicy()
     if not isinstance(retry, RetryPolicy):
         raise ConfigurationError("retry must be a RetryPolicy")
+    max_retries = arguments.get("max_retries")
+    if max_retries is not None:  # a shortcut, as the other SDKs have it
+        if arguments.get("retry") is not None:
+            raise ConfigurationError("give retry= or max_retries=, not both")
+        retry = retry.replace(max_retries=max_retries)
     base = (value["host"] or REGIONS[region]).rstrip("/")
     if "://" not in base:
         base = "https://" + base
@@ -255,3 +261,16 @@ def _without_password(proxy: str) -> str:
         user = netloc.rpartition("@")[0].partition(":")[0]
         netloc = f"{user}:<redacted>@{netloc.rpartition('@')[2]}"
     return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+MAX_SECONDS: Final = 900.0
+"""The longest a Lambda function can run: a duration above it was meant in milliseconds."""
+
+
+def check_seconds(name: str, seconds: float | None) -> None:
+    """ConfigurationError for a duration that can only be milliseconds (``timeout=10000``)."""
+    if seconds is not None and seconds > MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name}={seconds:g}: durations are in seconds, not milliseconds"
+            f" (at most {MAX_SECONDS:g}); did you mean {seconds / 1000:g}?"
+        )

@@ -108,7 +108,7 @@ def test_invalid_values_raise_value_error_naming_the_field(
         ({"event": "x", "properties": {"price": object()}}, {}, "properties.price"),
         ({"event": "x", "properties": {"raw": b"\x00"}}, {}, "properties.raw"),
         ({"event": "x", "properties": {"k": {(1, 2): "v"}}}, {}, "properties.k[(1, 2)]"),
-        ({"event": "x"}, {"timestamp": "2020-01-01"}, "timestamp"),
+        ({"event": "x"}, {"timestamp": 1577836800}, "timestamp"),
         ({"event": "x"}, {"context": "ctx"}, "context"),
     ],
 )
@@ -238,3 +238,25 @@ def test_middleware_output_that_is_not_json_names_the_field() -> None:
     with pytest.raises(InvalidTypeError) as caught:
         encode_message(message)
     assert caught.value.field == "properties.oops"
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        ("2015-06-01T12:00:00.000Z", "2015-06-01T12:00:00.000Z"),
+        ("2015-06-01T14:00:00+02:00", "2015-06-01T12:00:00.000Z"),
+        ("2015-06-01 12:00:00.1234567", "2015-06-01T12:00:00.123Z"),
+        ("2015-06-01", "2015-06-01T00:00:00.000Z"),
+    ],
+)
+def test_an_iso_8601_timestamp_string_is_accepted_and_normalised_to_utc(
+    text: str, wire: str
+) -> None:
+    assert build("track", {"event": "x"}, timestamp=text)["timestamp"] == wire
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2015", "2015-13-01T00:00:00Z", "", "12:00"])
+def test_a_malformed_timestamp_string_is_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(ValidationError, match="not an ISO-8601 date-time") as raised:
+        build("track", {"event": "x"}, timestamp=text)
+    assert raised.value.field == "timestamp"

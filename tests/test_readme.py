@@ -36,7 +36,9 @@ def test_readme_snippet_runs(
     monkeypatch.setattr(lambda_analytics.default, "_client", None)
     monkeypatch.setenv("ANALYTICS_WRITE_KEY", WRITE_KEY)
     monkeypatch.chdir(tmp_path)
-    code = block.replace("YOUR_WRITE_KEY", WRITE_KEY).replace("/tmp/analytics-spool", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the spool's per-user directory
+    code = block.replace("YOUR_WRITE_KEY", WRITE_KEY)
+    code = code.replace("/tmp/lambda_analytics-spool", str(tmp_path / "lambda-spool"))
     namespace = {"rows": [{"user": "u1", "at": dt.datetime(2024, 1, 1)}], "__name__": "readme"}
     exec(compile(code, "README.md", "exec"), namespace)
     if "def test_" in code:  # the pytest plugin's example: run its test with the same capture

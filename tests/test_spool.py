@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,14 +65,23 @@ def test_corrupt_and_truncated_files_are_set_aside_and_reported(
     assert len(collector.message_ids()) == 1
 
 
+def wire(message_id: str, pad: int = 0) -> bytes:
+    """A spooled message as the client writes it (and as the spool checks it on read)."""
+    properties = {"pad": "x" * pad} if pad else {}
+    return json.dumps(
+        {"type": "track", "userId": "u", "event": "e", "messageId": message_id,
+         "timestamp": "2026-01-01T00:00:00.000Z", "context": {}, "properties": properties},
+        separators=(",", ":"),
+    ).encode()  # fmt: skip
+
+
 def test_a_full_spool_drops_the_oldest_file_first(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1_000)
-    files = [
-        [f'{{"messageId":"f{n}-{i}"}}'.encode().ljust(100) for i in range(4)] for n in range(3)
-    ]
+    files = [[wire(f"f{n}-{i}", pad=1) for i in range(3)] for n in range(3)]
     assert spool.write(files[0]) == []
     assert spool.write(files[1]) == []
-    assert spool.write(files[2]) == files[0]  # 3 x 404 bytes > 1,000: the oldest goes
+    (problem, dropped), *rest = spool.write(files[2])  # 3 x 414 bytes > 1,000: the oldest goes
+    assert "oldest messages dropped" in problem and dropped == files[0] and rest == []
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 1_000
     assert spool.claim().messages == files[1] + files[2]
 
@@ -95,9 +105,7 @@ def test_messages_dropped_from_a_full_spool_are_reported(tmp_path: Path) -> None
 
 def test_an_abandoned_claim_is_taken_over(tmp_path: Path, collector: Collector) -> None:
     spool = Spool(tmp_path, stale_after=0.05)
-    spool.write(
-        [b'{"type":"track","userId":"u","event":"e","messageId":"m1","timestamp":"x","context":{}}']
-    )
+    assert spool.write([wire("m1")]) == []
     crashed = spool.claim()  # a process claims the file, then dies without releasing it
     assert len(crashed.messages) == 1 and list(tmp_path.glob("*" + READY)) == []
     assert Spool(tmp_path, stale_after=60).claim().messages == []  # a live claim is respected
@@ -111,10 +119,8 @@ def test_processes_sharing_the_directory_never_send_the_same_file(
     spool = Spool(tmp_path)
     expected = []
     for n in range(60):
-        mid = f"spooled-{n}"
-        expected.append(mid)
-        line = f'{{"type":"track","userId":"u","event":"e","messageId":"{mid}","timestamp":"2026-01-01T00:00:00.000Z","context":{{}}}}'  # noqa: E501
-        spool.write([line.encode()])
+        expected.append(f"spooled-{n}")
+        assert spool.write([wire(f"spooled-{n}")]) == []
     script = textwrap.dedent(
         f"""
         from lambda_analytics import Analytics
@@ -131,3 +137,13 @@ def test_processes_sharing_the_directory_never_send_the_same_file(
     assert sum(sent) == 60
     assert sorted(collector.message_ids()) == sorted(expected)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_file_left_by_a_dead_writer_is_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, stale_after=60)
+    old = tmp_path / f".tmp-{time.time_ns() - 61 * 10**9:020d}-1-dead"
+    new = tmp_path / f".tmp-{time.time_ns():020d}-2-busy"  # another process is writing it
+    old.write_bytes(wire("half") + b"\n")
+    new.write_bytes(wire("half") + b"\n")
+    assert spool.claim().messages == []
+    assert [p.name for p in tmp_path.iterdir()] == [new.name]
