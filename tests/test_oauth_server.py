@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 import pytest
 import urllib3
+from conftest import missing_prerequisite, node_executable
 from oauth_server import (
     ASSERTION_TYPE,
     SERVER_DIR,
@@ -27,15 +28,23 @@ from oauth_server import (
     skip_reason,
 )
 
-SKIP_REASON = skip_reason()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
-
 SHORT = OAuthClient("short-lived-client", access_token_ttl=2)
 oauth_server = oauth_server_fixture(scope="module", extra_clients=[SHORT])
 short_lived_server = oauth_server_fixture(scope="module", access_token_ttl=2)
 
 HTTP = urllib3.PoolManager(retries=False, timeout=10.0)
 BAD_CLIENT = {"error": "invalid_client", "error_description": "client authentication failed"}
+
+
+@pytest.fixture
+def server_node() -> str:
+    """For the tests that start server.mjs themselves: the node to run it with."""
+    reason = skip_reason()
+    if reason is not None:
+        missing_prerequisite(reason)
+    node = node_executable()
+    assert node is not None
+    return node
 
 
 def segment_assertion(
@@ -106,6 +115,16 @@ def test_token_introspect_revoke(oauth_server: OAuthServer) -> None:
     oauth_server.revoke(token)
     assert not oauth_server.introspect(token)
     assert oauth_server.introspection(token) == {"active": False}
+
+
+def test_a_client_may_revoke_only_its_own_tokens(oauth_server: OAuthServer) -> None:
+    token = oauth_server.fetch_token()
+    other = oauth_server.revocation(token, oauth_server.assertion(client=SHORT))
+    assert other.status == 400 and other.body["error"] == "invalid_request", other
+    assert oauth_server.introspect(token)
+    own = oauth_server.revocation(token, oauth_server.assertion())
+    assert own.status == 200, own
+    assert not oauth_server.introspect(token)
 
 
 def test_unknown_token_is_inactive(oauth_server: OAuthServer) -> None:
@@ -265,7 +284,7 @@ def test_extra_client_has_its_own_key_and_ttl(oauth_server: OAuthServer) -> None
     assert not oauth_server.introspect(body["access_token"])
 
 
-def test_server_exits_when_its_parent_dies() -> None:
+def test_server_exits_when_its_parent_dies(server_node: str) -> None:
     script = textwrap.dedent(
         """
         import os, sys
@@ -287,7 +306,7 @@ def test_server_exits_when_its_parent_dies() -> None:
     assert_exits(pid, within=10.0)
 
 
-def test_server_exits_after_its_max_lifetime(tmp_path: Path) -> None:
+def test_server_exits_after_its_max_lifetime(server_node: str, tmp_path: Path) -> None:
     key = KeyPair.generate()
     config = tmp_path / "config.json"
     config.write_text(
@@ -297,7 +316,7 @@ def test_server_exits_after_its_max_lifetime(tmp_path: Path) -> None:
     )
     # stdin stays open (a live parent): only the lifetime cap can end it.
     process = subprocess.Popen(
-        ["node", str(SERVER_SCRIPT), "--max-lifetime", "1", "--config", str(config)],
+        [server_node, str(SERVER_SCRIPT), "--max-lifetime", "1", "--config", str(config)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

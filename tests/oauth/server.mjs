@@ -15,7 +15,7 @@
 //     "scope": "tracking_api:write",          // space-separated scopes the client may get
 //     "resource": "urn:lambda-analytics:tracking-api",    // audience of the access tokens
 //     "collector_client_id": "collector",     // client_secret_basic; may introspect and revoke
-//     "collector_client_secret": "...",       //   any token
+//     "collector_client_secret": "...",       //   any token (other clients: only their own)
 //     "max_assertion_lifetime": 60,           // most seconds from a client assertion's iat to exp
 //     "max_lifetime": 600                     // seconds before the server exits by itself
 //   }
@@ -165,9 +165,15 @@ const provider = new Provider(issuer, {
       allowedPolicy: async (ctx, client, token) => client.clientId === collectorId
         || client.clientId === token.clientId,
     },
-    // oidc-provider 8 lets only the token's own client revoke it (the helper signs a fresh
-    // client assertion for that).
-    revocation: { enabled: true },
+    // Likewise for revocation: the collector may revoke any token, a client only its own
+    // (oidc-provider refuses another client's token with invalid_request).
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (ctx, client, token) => {
+        if (client.clientId === collectorId || client.clientId === token.clientId) return true;
+        throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
+      },
+    },
     // Every token is for the tracking API: a request without `resource` gets this one, and
     // the requested scope is granted when (and only as far as) this resource server allows it.
     resourceIndicators: {
