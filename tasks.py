@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 NPM_FOLDERS = ("tests/pyodide", "tests/oauth")
 NODE_VARIABLE = "LAMBDA_ANALYTICS_NODE"  # read by tests/conftest.py
+INCUMBENT = "segment-analytics-python==2.4.0"
+INCUMBENT_VARIABLE = "LAMBDA_ANALYTICS_INCUMBENT_PYTHON"  # read by tests/test_compat_client.py
 # The matrix runs the suite without the slow end-to-end files, which the main run covers.
 MATRIX_SKIP = (
     "tests/test_cloudflare_worker.py",
@@ -152,6 +154,9 @@ def test() -> None:
             node.npm_ci(folder)
     # Every run uses the node that installed the packages, whatever is (or is not) on PATH.
     env = {**os.environ, NODE_VARIABLE: str(node.node)}
+    # The incumbent, for the side-by-side test of lambda_analytics.compat.Client.
+    incumbent = ensure_venv(ROOT / ".venv-incumbent", INCUMBENT)
+    env[INCUMBENT_VARIABLE] = str(incumbent)
     run(bin_dir / "ruff", "check", ".")
     run(bin_dir / "ruff", "format", "--check", ".")
     run(bin_dir / "mypy", "--strict", "lambda_analytics")

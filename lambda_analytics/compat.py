@@ -1,4 +1,14 @@
-"""A drop-in for ``segment-analytics-python``'s module-level style, for an easy first step::
+"""A drop-in for ``segment-analytics-python``: its ``Client`` class and its module-level style.
+
+Change only the import::
+
+    from lambda_analytics.compat import Client       # was: from segment.analytics import Client
+
+    analytics = Client("YOUR_WRITE_KEY", upload_size=100)
+    ok, msg = analytics.track("u1", "Order Completed", {"revenue": 9.99})
+    analytics.flush()
+
+or, in the module-level style::
 
     import lambda_analytics.compat as analytics      # was: import segment.analytics as analytics
 
@@ -6,129 +16,106 @@
     analytics.track("u1", "Order Completed", {"revenue": 9.99})
     analytics.flush()
 
-The settings are read when the first call builds the client (as the incumbent does); the calls
-take the incumbent's positional order.  Underneath it is :class:`~lambda_analytics.Analytics`:
-no thread, and ``sync_mode`` is the default rather than an option.  New code should use
-``Analytics`` directly.
+The calls take the incumbent's positional order and return its ``(success, msg)``.  The
+module's settings are read when the first call builds ``default_client`` (as the incumbent
+does); unlike the incumbent, ``sync_mode`` is on by default here (one request per call, the
+safe choice in a function that may be frozen after it returns).  Underneath it is
+:class:`~lambda_analytics.Analytics`, with no thread; new code should use it directly.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-from collections.abc import Mapping
-from typing import Any
+import functools
+import logging
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
-from .client import Analytics, ErrorHook
-from .results import CallResult, FlushResult
-from .retry import RetryPolicy
+from ._compat_client import Client, Message
+from .outcome import ErrorHook
+from .results import FlushResult
+
+__all__ = ["Client", "Message", "alias", "flush", "group", "identify", "join", "page", "screen",
+           "shutdown", "track"]  # fmt: skip
 
 write_key: str | None = None
 host: str | None = None
 on_error: ErrorHook | None = None
 debug: bool = False
+log_handler: logging.Handler | None = None
 send: bool = True
 sync_mode: bool = True
+"""On by default here (the incumbent's default is off): each call is sent before it returns."""
 gzip: bool = False
 timeout: float = 10.0
 max_retries: int = 3
 max_queue_size: int = 10_000
-upload_size: int = 1
-"""``flush_at``: 1 sends before each call returns; raise it to batch (then call ``flush()``)."""
+upload_size: int = 100
+"""The batch size once ``sync_mode`` is off (then call ``flush()``)."""
+upload_interval: float = 0.5
 
-_client: Analytics | None = None
+oauth_client_id: str | None = None
+oauth_client_key: str | None = None
+oauth_key_id: str | None = None
+oauth_auth_server: str | None = None
+oauth_scope: str = "tracking_api:write"
 
-Props = Mapping[str, Any] | None
+default_client: Client | None = None
+"""The client the module-level calls use, built from the settings above by the first call."""
 
 
-def _get() -> Analytics:
-    global _client
-    if _client is None:
-        if debug:
-            import logging
-
-            logging.getLogger("lambda_analytics").setLevel(logging.DEBUG)
-        _client = Analytics(
+def _get() -> Client:
+    global default_client
+    if default_client is None:
+        default_client = Client(
             write_key,
             host=host,
-            flush_at=1 if sync_mode else upload_size,
+            debug=debug,
             max_queue_size=max_queue_size,
-            gzip=gzip,
-            timeout=timeout,
-            retry=RetryPolicy(max_retries=max_retries),
+            send=send,
             on_error=on_error,
-            disable=not send,
+            gzip=gzip,
+            max_retries=max_retries,
+            sync_mode=sync_mode,
+            timeout=timeout,
+            upload_size=upload_size,
+            upload_interval=upload_interval,
+            log_handler=log_handler,
+            oauth_client_id=oauth_client_id,
+            oauth_client_key=oauth_client_key,
+            oauth_key_id=oauth_key_id,
+            oauth_auth_server=oauth_auth_server,
+            oauth_scope=oauth_scope,
         )
-    return _client
+    return default_client
 
 
-def track(user_id: Any = None, event: Any = None, properties: Props = None, context: Props = None,
-          timestamp: _dt.datetime | None = None, anonymous_id: Any = None,
-          integrations: Props = None, message_id: str | None = None) -> CallResult:  # fmt: skip
-    """``track(user_id, event, properties, ...)`` in the incumbent's order."""
-    return _get().track(user_id=user_id, event=event, properties=properties, context=context,
-                        timestamp=timestamp, anonymous_id=anonymous_id,
-                        integrations=integrations, message_id=message_id)  # fmt: skip
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def identify(user_id: Any = None, traits: Props = None, context: Props = None,
-             timestamp: _dt.datetime | None = None, anonymous_id: Any = None,
-             integrations: Props = None, message_id: str | None = None) -> CallResult:  # fmt: skip
-    """``identify(user_id, traits, ...)`` in the incumbent's order."""
-    return _get().identify(user_id=user_id, traits=traits, context=context, timestamp=timestamp,
-                           anonymous_id=anonymous_id, integrations=integrations,
-                           message_id=message_id)  # fmt: skip
+def _on_default(method: Callable[Concatenate[Client, P], R]) -> Callable[P, R]:
+    """A module-level function calling ``method`` on ``default_client``, same signature."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return method(_get(), *args, **kwargs)
+
+    return call
 
 
-def group(user_id: Any = None, group_id: Any = None, traits: Props = None, context: Props = None,
-          timestamp: _dt.datetime | None = None, anonymous_id: Any = None,
-          integrations: Props = None, message_id: str | None = None) -> CallResult:  # fmt: skip
-    """``group(user_id, group_id, traits, ...)`` in the incumbent's order."""
-    return _get().group(user_id=user_id, group_id=group_id, traits=traits, context=context,
-                        timestamp=timestamp, anonymous_id=anonymous_id,
-                        integrations=integrations, message_id=message_id)  # fmt: skip
-
-
-def alias(previous_id: Any = None, user_id: Any = None, context: Props = None,
-          timestamp: _dt.datetime | None = None, integrations: Props = None,
-          message_id: str | None = None) -> CallResult:  # fmt: skip
-    """``alias(previous_id, user_id, ...)``: note the incumbent puts the previous id first."""
-    return _get().alias(user_id=user_id, previous_id=previous_id, context=context,
-                        timestamp=timestamp, integrations=integrations,
-                        message_id=message_id)  # fmt: skip
-
-
-def page(user_id: Any = None, category: str | None = None, name: str | None = None,
-         properties: Props = None, context: Props = None, timestamp: _dt.datetime | None = None,
-         anonymous_id: Any = None, integrations: Props = None,
-         message_id: str | None = None) -> CallResult:  # fmt: skip
-    """``page(user_id, category, name, properties, ...)`` in the incumbent's order."""
-    return _get().page(user_id=user_id, category=category, name=name, properties=properties,
-                       context=context, timestamp=timestamp, anonymous_id=anonymous_id,
-                       integrations=integrations, message_id=message_id)  # fmt: skip
-
-
-def screen(user_id: Any = None, category: str | None = None, name: str | None = None,
-           properties: Props = None, context: Props = None, timestamp: _dt.datetime | None = None,
-           anonymous_id: Any = None, integrations: Props = None,
-           message_id: str | None = None) -> CallResult:  # fmt: skip
-    """``screen(user_id, category, name, properties, ...)`` in the incumbent's order."""
-    return _get().screen(user_id=user_id, category=category, name=name, properties=properties,
-                         context=context, timestamp=timestamp, anonymous_id=anonymous_id,
-                         integrations=integrations, message_id=message_id)  # fmt: skip
-
-
-def flush() -> FlushResult:
-    """Send what is queued."""
-    return _get().flush()
-
-
-def join() -> None:
-    """Kept for compatibility: there is no thread to join."""
+identify = _on_default(Client.identify)
+track = _on_default(Client.track)
+group = _on_default(Client.group)
+alias = _on_default(Client.alias)
+page = _on_default(Client.page)
+screen = _on_default(Client.screen)
+flush = _on_default(Client.flush)
+join = _on_default(Client.join)
 
 
 def shutdown() -> FlushResult:
-    """Flush and close; the next call builds a new client from the settings."""
-    global _client
-    result = _get().close()
-    _client = None
+    """Send what is queued and close; the next call builds a new client from the settings."""
+    global default_client
+    result = _get().shutdown()
+    default_client = None
     return result

@@ -1,4 +1,4 @@
-"""The segment-analytics-python style layer, against the collector."""
+"""The segment-analytics-python module-level style layer, against the collector."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lambda_analytics.collector import Collector
 def settings(collector: Collector, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(analytics, "write_key", WRITE_KEY)
     monkeypatch.setattr(analytics, "host", collector.url)
-    monkeypatch.setattr(analytics, "_client", None)
+    monkeypatch.setattr(analytics, "default_client", None)
     yield
     analytics.shutdown()
 
@@ -44,6 +44,13 @@ def test_positional_calls_in_the_incumbents_order(collector: Collector) -> None:
     assert (messages[4]["category"], messages[4]["name"]) == ("Docs", "API")
 
 
+def test_calls_return_what_the_incumbents_return(collector: Collector) -> None:
+    success, msg = analytics.track(42, "Order Completed")
+    assert success and (msg["userId"], msg["anonymousId"], msg["properties"]) == ("42", None, {})
+    assert msg["messageId"] == collector.messages[0]["messageId"]
+    assert isinstance(analytics.default_client, analytics.Client)
+
+
 def test_settings_are_read_at_the_first_call(
     collector: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,8 +59,10 @@ def test_settings_are_read_at_the_first_call(
     analytics.track("u1", "queued")
     assert collector.request_count == 0
     assert analytics.flush().sent == 1
-    analytics.join()
+    analytics.track("u1", "queued for join")
+    assert analytics.join().sent == 1
     monkeypatch.setattr(analytics, "send", False)
     analytics.shutdown()
+    assert analytics.default_client is None
     analytics.track("u1", "not sent")
-    assert collector.request_count == 1
+    assert collector.request_count == 2
