@@ -190,16 +190,10 @@ class Analytics(Calls, Listening):
         block may end, and ``send`` runs later, in another thread or task, delivering these
         calls (and only these) within ``timeout`` seconds.  Call ``send`` exactly once.
         """
-        items = self._take_held(self._scopes.get())
-        engine = self._engine
-
-        def send(timeout: float | None = None) -> FlushResult:
-            deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-            outcome = engine.send_items(items, deadline)
-            report(outcome, engine.hooks)
-            return outcome.result()
-
-        return send
+        scope = self._scopes.get()
+        if scope.held is None:  # outside hold(), calls are not held: sending later loses them
+            raise RuntimeError("release_held() is for use inside a hold() block")
+        return self._engine.send_later(self._take_held(scope))
 
     @contextlib.contextmanager
     def use_transport(self, transport: Transport) -> Iterator[Analytics]:

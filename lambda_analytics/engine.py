@@ -28,9 +28,9 @@ from .errors import (
 )
 from .events import Hooks, safely
 from .messages import utc_text
-from .outcome import Outcome
+from .outcome import Outcome, report
 from .queue import Item, MessageQueue
-from .results import RequestInfo, Response
+from .results import FlushResult, RequestInfo, Response
 from .route import Route
 from .transport import Pending, Pipelining, guarded
 
@@ -117,11 +117,18 @@ class Engine:
             items.extend(extra)
         return self.run(items, deadline, route, flight, pipeline=False)
 
-    def send_items(self, items: list[Item], deadline: float | None) -> Outcome:
-        """Send ``items`` alone (calls held by one request), not the shared queue."""
-        with self.lock:
-            route = self.route
-        return self.run(items, deadline, route, None, pipeline=False)
+    def send_later(self, items: list[Item]) -> Callable[[float | None], FlushResult]:
+        """``send(timeout)``: deliver ``items`` alone (one request's held calls) and report."""
+
+        def send(timeout: float | None = None) -> FlushResult:
+            deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+            with self.lock:
+                route = self.route
+            outcome = self.run(items, deadline, route, None, pipeline=False)
+            report(outcome, self.hooks)
+            return outcome.result()
+
+        return send
 
     def _take_flight(self) -> _Flight | None:
         flight, self.in_flight = self.in_flight, None

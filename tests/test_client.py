@@ -461,3 +461,8 @@ def test_release_held_sends_one_requests_calls_later(
     assert (result.sent, result.failed) == (2, 0)
     batches = [[m["event"] for m in r.payload["batch"]] for r in collector.requests]  # type: ignore[index]
     assert batches == [["Meanwhile"], ["One", "Two"]]
+
+
+def test_release_held_outside_a_hold_block_is_refused(make_client: MakeClient) -> None:
+    with pytest.raises(RuntimeError, match="inside a hold"):
+        make_client().release_held()

@@ -1,5 +1,9 @@
 """The Python half of run_worker.mjs: import a Worker's entry module and call its fetch handler.
 
+run_worker.mjs drives it the way the runtime drives a Worker: :func:`load` once, then
+:func:`fetch` per request with a fresh ``ctx`` (a JavaScript ``ExecutionContext`` whose
+``waitUntil`` the runner awaits after the response), then :func:`check_threads`.
+
 It adds two limits of the real Workers runtime that plain Pyodide lacks or reports badly:
 random values are refused while the entry module is imported (the runtime snapshots the
 imported state, so anything drawn then would be shared by every isolate), and starting a
@@ -64,35 +68,36 @@ def _body_text(body: Any) -> str:
     return "" if body is None else str(body)
 
 
-async def run(entry_dir: str, module_name: str, env: Any, bodies_json: str) -> list[str]:
-    """Call ``Default.fetch`` once per body (a new instance each time, as the runtime does).
-
-    Returns one JSON line per response; raises on any exception or thread attempt.
-    """
+def load(entry_dir: str, module_name: str) -> Any:
+    """Import the Worker's entry module, refusing random values while it is imported."""
     sys.path.insert(0, entry_dir)
     with _no_entropy():
-        entry = importlib.import_module(module_name)
-    lines = []
-    for body in json.loads(bodies_json):
-        ctx = workers.Context()
-        request = workers.Request(
-            "https://worker.example/",
-            method="POST",
-            headers={"content-type": "application/json"},
-            body=json.dumps(body),
-        )
-        response = await entry.Default(ctx, env).fetch(request)
-        for pending in ctx.pending:
-            await pending
-        lines.append(
-            json.dumps(
-                {
-                    "status": response.status,
-                    "headers": dict(response.headers),
-                    "body": _body_text(response.body),
-                }
-            )
-        )
+        return importlib.import_module(module_name)
+
+
+async def fetch(entry: Any, ctx: Any, env: Any, body_json: str) -> str:
+    """Call ``Default(ctx, env).fetch`` (a new instance per request, as the runtime does).
+
+    Returns the response as one JSON line ``{"status", "headers", "body"}``, made before this
+    coroutine returns, so the runner's clock reads "returned" only once it exists.
+    """
+    request = workers.Request(
+        "https://worker.example/",
+        method="POST",
+        headers={"content-type": "application/json"},
+        body=body_json,
+    )
+    response = await entry.Default(ctx, env).fetch(request)
+    return json.dumps(
+        {
+            "status": response.status,
+            "headers": dict(response.headers),
+            "body": _body_text(response.body),
+        }
+    )
+
+
+def check_threads() -> None:
+    """Raise if the Worker tried to start a thread, even if it swallowed the error."""
     if thread_attempts:
         raise RuntimeError(f"the Worker tried to start threads: {thread_attempts}")
-    return lines

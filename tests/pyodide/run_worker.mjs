@@ -4,13 +4,25 @@
 //     --worker examples/cloudflare/src/entry.py --package-dir lambda_analytics \
 //     --wheel-dir tests/pyodide/.wheels --env '{"ANALYTICS_WRITE_KEY": "wk"}' --requests 1
 //
-// Prints one JSON line per response on stdout ({"status", "headers", "body"}); everything
-// Python prints goes to stderr. Exits 1 on any Python exception (traceback on stderr), 2 on
-// bad usage or a Node without JSPI.
+// Prints one JSON line per Worker request on stdout; everything Python prints goes to stderr.
+// Exits 1 on any Python exception or broken runtime rule (message on stderr), 2 on bad usage or
+// a Node without JSPI.  A line is {"status", "headers", "body"} of the response and:
+//   started, returned, settled   when the handler was called, when its Response came back, and
+//                                when every promise given to ctx.waitUntil had settled
+//                                (ms, this process's performance.now() clock)
+//   returned_epoch_ms            Date.now() when the Response came back, to compare with
+//                                another process's clock (never later than the true instant)
+//   wait_until                   how many promises ctx.waitUntil was given
+//   subrequests                  [{method, url, started, ended, status}] every fetch() the
+//                                request made, from the handler or its waitUntil work
 //
-// The JSPI flag is what lets urllib3 (contrib/emscripten) block on the runtime's async fetch,
-// as the Workers runtime does. --package-dir may repeat; every *.whl in --wheel-dir is
-// installed. Request i (from 1) gets the body {"user_id": "user-i", "path": "/pages/i"}.
+// Like the runtime: each request gets its own ctx, an ExecutionContext whose waitUntil takes a
+// promise or a Python awaitable and is awaited after the response (at most 30 s); a request may
+// make 50 subrequests (the free plan), the 51st fetch() fails; fetch() outside a request (at
+// import time) fails.  The JSPI flag is what lets urllib3 (contrib/emscripten) block on the
+// runtime's async fetch, as the Workers runtime does.  --package-dir may repeat; every *.whl in
+// --wheel-dir is installed.  Request i (from 1) gets the body
+// {"user_id": "user-i", "path": "/pages/i"}.
 
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
@@ -57,7 +69,7 @@ function copyTree(FS, from, to) {
   }
 }
 
-const started = performance.now();
+const launched = performance.now();
 const toStderr = (line) => process.stderr.write(line + "\n");
 const pyodide = await loadPyodide({ stdout: toStderr, stderr: toStderr });
 const loaded = performance.now();
@@ -85,13 +97,106 @@ const bodies = Array.from({ length: count }, (_, i) => ({
 }));
 // A JS object, so the Worker sees a JsProxy with attribute access, like the runtime's env.
 const env = JSON.parse(args.env);
+
+const SUBREQUEST_LIMIT = 50; // per request, free plan
+const WAIT_UNTIL_LIMIT_MS = 30_000; // waitUntil work may run this long after the response
+
+// Every subrequest goes through globalThis.fetch (urllib3's emscripten backend calls js.fetch):
+// record each one against the Worker request that made it, and enforce the runtime's limits.
+let current = null;
+const realFetch = globalThis.fetch;
+globalThis.fetch = function fetch(resource, init) {
+  if (current === null) {
+    return Promise.reject(new Error("fetch() outside a request: the runtime refuses I/O here"));
+  }
+  if (current.length >= SUBREQUEST_LIMIT) {
+    return Promise.reject(new Error("Too many subrequests."));
+  }
+  const record = {
+    method: init?.method ?? "GET",
+    url: String(resource?.url ?? resource),
+    started: performance.now(),
+    ended: null,
+    status: null,
+  };
+  current.push(record);
+  const response = realFetch(resource, init);
+  response.then(
+    (answer) => Object.assign(record, { ended: performance.now(), status: answer.status }),
+    () => Object.assign(record, { ended: performance.now() }),
+  );
+  return response;
+};
+
+// The runtime's ExecutionContext, as a Python Worker sees it.  A Python awaitable handed to
+// waitUntil arrives as a borrowed PyProxy, destroyed when the call returns: workerd copies it
+// first and destroys the copy once settled (patchWaitUntil in
+// src/pyodide/python-entrypoint-helper.ts), and so does this one.
+function makeContext(pending) {
+  return {
+    waitUntil(work) {
+      const owned = typeof work?.copy === "function" ? work.copy() : work;
+      pending.push(
+        (async () => {
+          try {
+            await owned;
+          } finally {
+            owned?.destroy?.();
+          }
+        })(),
+      );
+    },
+    passThroughOnException() {},
+  };
+}
+
+function deadline(ms, what) {
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(what)), ms);
+  });
+  return { expired, cancel: () => clearTimeout(timer) };
+}
+
 const ready = performance.now();
-let lines;
+const lines = [];
 try {
   const harness = pyodide.pyimport("harness");
-  lines = await harness.run("/worker", basename(args.worker, ".py"), env, JSON.stringify(bodies));
+  const entry = harness.load("/worker", basename(args.worker, ".py"));
+  for (const body of bodies) {
+    const pending = [];
+    const subrequests = (current = []);
+    const started = performance.now();
+    const response = JSON.parse(
+      await harness.fetch(entry, makeContext(pending), env, JSON.stringify(body)),
+    );
+    const returned = performance.now();
+    const returnedEpochMs = Date.now();
+    const limit = deadline(
+      WAIT_UNTIL_LIMIT_MS,
+      "waitUntil work still running 30 s after the response",
+    );
+    const outcomes = await Promise.race([Promise.allSettled(pending), limit.expired]);
+    limit.cancel();
+    const settled = performance.now();
+    current = null;
+    const failed = outcomes.find((outcome) => outcome.status === "rejected");
+    if (failed) throw failed.reason;
+    lines.push(
+      JSON.stringify({
+        ...response,
+        started,
+        returned,
+        settled,
+        returned_epoch_ms: returnedEpochMs,
+        wait_until: pending.length,
+        subrequests,
+      }),
+    );
+  }
+  harness.check_threads();
 } catch (error) {
-  // A PythonError's message is the Python traceback; anything else is a bug of this runner.
+  // A PythonError's message is the Python traceback; anything else is a broken rule or a bug.
   const isPython = error instanceof pyodide.ffi.PythonError;
   process.stderr.write(`${isPython ? error.message : (error?.stack ?? error)}\n`);
   process.exit(1);
@@ -101,7 +206,7 @@ const done = performance.now();
 for (const line of lines) process.stdout.write(line + "\n");
 const ms = (a, b) => `${Math.round(b - a)} ms`;
 process.stderr.write(
-  `run_worker: pyodide ${pyodide.version} loaded in ${ms(started, loaded)}, ` +
+  `run_worker: pyodide ${pyodide.version} loaded in ${ms(launched, loaded)}, ` +
     `setup ${ms(loaded, ready)}, ${count} request(s) in ${ms(ready, done)}, ` +
     `${Math.round(process.uptime() * 1000)} ms since node started\n`,
 );

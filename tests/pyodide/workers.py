@@ -1,24 +1,22 @@
 """A small stand-in for Cloudflare's ``workers`` module, for running a Worker under Pyodide.
 
 Only what the example Worker and the runner need: the real module wraps JavaScript objects,
-this one holds plain Python values with the same attribute names.
+this one holds plain Python values with the same attribute names.  ``ctx`` is what the runtime
+passes, a JavaScript ``ExecutionContext`` (run_worker.mjs makes it): ``self.ctx.waitUntil``
+takes a Python awaitable, as in the runtime.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 
-class Context:
-    """``self.ctx``: ``wait_until`` work is awaited by the runner after the response."""
+class Context(Protocol):
+    """``self.ctx``, as the real module types it."""
 
-    def __init__(self) -> None:
-        self.pending: list[Awaitable[Any]] = []
-
-    def wait_until(self, awaitable: Awaitable[Any]) -> None:
-        self.pending.append(awaitable)
+    def waitUntil(self, other: Awaitable[Any]) -> None: ...  # the JS name
 
 
 class WorkerEntrypoint:

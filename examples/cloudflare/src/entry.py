@@ -1,9 +1,11 @@
-"""A Cloudflare Python Worker that records two events per request and sends them in one request.
+"""A Cloudflare Python Worker that records two events per request and sends them after responding.
 
 Workers limit subrequests per invocation, so the calls are held (``analytics.hold()``, what
-``with_analytics(batch=True)`` does for Lambda) and one ``flush`` at the end POSTs them as one
-batch before the response is returned.  The client is built from ``self.env`` on first use,
-which is why this Worker uses ``hold()`` rather than decorating ``fetch`` at import time.
+``with_analytics(batch=True)`` does for Lambda) and sent as one batch.  ``flush_later`` hands
+that send to ``self.ctx.waitUntil``: the runtime returns the Response at once and makes the
+one POST after it, so the end user never waits for the tracking API.  The client is built from
+``self.env`` on first use, which is why this Worker uses ``hold()`` rather than decorating
+``fetch`` at import time.
 """
 
 import json
@@ -11,6 +13,7 @@ import json
 from workers import Response, WorkerEntrypoint
 
 from lambda_analytics import Analytics
+from lambda_analytics.workers import flush_later
 
 _analytics = None
 
@@ -39,8 +42,9 @@ class Default(WorkerEntrypoint):
                 properties={"path": body.get("path", "/"), "runtime": "cloudflare-workers"},
             )
             analytics.identify(user_id=user_id, traits={"last_seen_path": body.get("path", "/")})
-        result = analytics.flush(timeout=5.0)
+            # Both calls as one POST, made after the Response below has gone out, within 5 s.
+            self.ctx.waitUntil(flush_later(analytics, timeout=5.0))
         return Response(
-            json.dumps({"sent": result.sent, "failed": result.failed}),
+            json.dumps({"user_id": user_id, "recorded": 2}),
             headers={"content-type": "application/json"},
         )
