@@ -25,11 +25,12 @@ import argparse
 import contextlib
 import datetime as _dt
 import importlib.util
+import io
 import json
 import logging
 import os
 import re
-import shutil
+import reprlib
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Final, NoReturn, TextIO
 
 from . import Analytics, AnalyticsError, DeliveryError, RequestInfo, __version__
-from .messages import COMMON_FIELDS, TYPE_FIELDS, WIRE_NAMES
+from .messages import COMMON_FIELDS, MAX_MESSAGE_BYTES, TYPE_FIELDS, WIRE_NAMES
 from .messages import MESSAGE_TYPES as SCHEMA_TYPES
 from .settings import settings_from_env
 
@@ -51,6 +52,13 @@ SEND_TIMEOUT: Final = 10.0
 """Default seconds one call may take to deliver, retries included."""
 MAX_REPORTED_LINES: Final = 50
 """Invalid lines listed one by one; beyond this only their count is given."""
+MAX_LINE_BYTES: Final = 1_048_576
+"""A longer JSONL line is invalid unread (a message is at most 32 KB: 1 MiB is ample even with
+every character escaped), so a file without line ends cannot take all the memory."""
+MAX_REPORTED_REASONS: Final = 20
+"""Distinct delivery failures listed one by one; the others are counted together."""
+SHOWN_PROBLEM: Final = 200
+"""Characters of a problem with a line, or of a delivery failure, in one error line."""
 # The schema's types, track first as in --help (the call most used).
 MESSAGE_TYPES: Final = ("track", *(kind for kind in SCHEMA_TYPES if kind != "track"))
 
@@ -85,7 +93,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (with where to look), not usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # argparse echoes the offending argument: clipped and escaped like every echoed value.
+        shown = _one_line(message, SHOWN_PROBLEM)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {shown} (see {self.prog} --help)\n")
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -140,9 +150,9 @@ def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_clip(text)}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        raise argparse.ArgumentTypeError(f"must be positive: {_clip(text)}")
     return value
 
 
@@ -173,10 +183,11 @@ def _log(verbose: int) -> None:
         logger.propagate = False
 
 
-def _describe_error(error: BaseException) -> str:
-    """One line: urllib3's ``<HTTPConnection object at 0x...>:`` noise removed."""
-    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*", "", str(error))
-    return " ".join(text.split())
+def _describe_error(error: BaseException, limit: int = SHOWN_PROBLEM) -> str:
+    """One line: urllib3's ``<HTTPConnection object at 0x...>:`` noise removed; what came from
+    the server (an error body, a Location) escaped and clipped, whatever it sent."""
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*", "", str(error)[: 4 * limit])
+    return _one_line(" ".join(text.split()), limit, middle=False)
 
 
 # -- the six calls --------------------------------------------------------------------------
@@ -241,7 +252,7 @@ def parse_line(text: str) -> tuple[str, dict[str, Any]]:
         raise LineError(f"must be a JSON object, not {type(data).__name__}")
     kind = data.get("type")
     if kind not in _FIELDS:
-        raise LineError(f"type: must be one of {', '.join(MESSAGE_TYPES)}, got {kind!r}")
+        raise LineError(f"type: must be one of {', '.join(MESSAGE_TYPES)}, got {_clip(kind)}")
     kwargs: dict[str, Any] = {}
     seen: dict[str, str] = {}
     for key, value in data.items():
@@ -249,9 +260,10 @@ def parse_line(text: str) -> tuple[str, dict[str, Any]]:
             continue
         name = _ARGUMENT.get(key)
         if name is None:
-            raise LineError(f"{key}: unknown field")
+            raise LineError(f"{_one_line(key, 60)}: unknown field")
         if name not in _FIELDS[kind]:
-            raise LineError(f"{key}: is not a field of {'an' if kind == 'alias' else 'a'} {kind}")
+            article = "an" if kind == "alias" else "a"
+            raise LineError(f"{key}: is not a field of {article} {kind}")
         if name in seen:
             raise LineError(f"{key}: given twice (also as {seen[name]})")
         seen[name] = key
@@ -267,13 +279,28 @@ def parse_line(text: str) -> tuple[str, dict[str, Any]]:
     return kind, {name: kwargs.get(name) for name in _FIELDS[kind]}
 
 
-def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) of each non-blank line; text None when it is not UTF-8."""
-    for number, raw in enumerate(stream, 1):
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | LineError]]:
+    """(line number, text) of each non-blank line, or what makes it unreadable: not UTF-8, or
+    longer than ``MAX_LINE_BYTES`` (skipped, never held in memory whole)."""
+    number = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            size = len(raw)
+            while rest := stream.readline(65536):  # to the end of the line, in pieces
+                size += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+            problem = (
+                f"line too long ({size:,} bytes, over {MAX_LINE_BYTES:,}; "
+                f"a message is at most {MAX_MESSAGE_BYTES:,} bytes)"
+            )
+            yield number, LineError(problem)
+            continue
         try:
             text = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
-            yield number, None
+            yield number, LineError("not UTF-8 text")
             continue
         if number == 1:
             text = text.removeprefix("\ufeff")
@@ -281,10 +308,10 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None]]:
             yield number, text
 
 
-def _check_line(validator: Analytics, text: str | None) -> tuple[str, dict[str, Any]]:
+def _check_line(validator: Analytics, text: str | LineError) -> tuple[str, dict[str, Any]]:
     """Parse a line and run it through the SDK's validation (a disabled client sends nothing)."""
-    if text is None:
-        raise LineError("not UTF-8 text")
+    if isinstance(text, LineError):
+        raise text
     kind, kwargs = parse_line(text)
     try:
         _call(validator, kind)(**kwargs)
@@ -328,10 +355,14 @@ class Progress:
             line = f"\r[{'#' * filled}{'.' * (30 - filled)}] {counts}"
             pad = max(0, self._width - len(line))
             self._width = len(line)
-            self.stream.write(line + " " * pad + ("\n" if final else ""))
+            text = line + " " * pad + ("\n" if final else "")
         else:
-            self.stream.write(f"progress: {counts}\n")
-        self.stream.flush()
+            text = f"progress: {counts}\n"
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed or a broken pipe: the import goes on
+            self.enabled = False
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -351,6 +382,8 @@ class _FailedFile:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.count = 0
+        self.error: str | None = None
+        """Why the file could not be written (a full disk...): then it is not left behind."""
         self._file: IO[str] | None = None
         if path is not None:
             try:
@@ -361,36 +394,94 @@ class _FailedFile:
             self._file = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, messages: list[dict[str, Any]]) -> None:
+        """Keep ``messages``; never raises (it runs in the client's ``on_error`` hook)."""
         self.count += len(messages)
-        if self._file is not None:
-            for message in messages:
-                self._file.write(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
-                self._file.write("\n")
+        if self._file is not None and self.error is None:
+            try:
+                for message in messages:
+                    line = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+                    self._file.write(line + "\n")
+            except (OSError, ValueError, TypeError) as exc:
+                self._failed(exc)
 
     def commit(self) -> None:
-        if self._file is not None and self.path is not None:
-            self._file.close()
-            os.replace(self._temp, self.path)
-            self._file = None
+        """Put the file in place; if it could not be written whole, remove it (``error``)."""
+        if self._file is not None and self.path is not None and self.error is None:
+            try:
+                self._file.close()
+                os.replace(self._temp, self.path)
+            except OSError as exc:
+                self._failed(exc)
+            else:
+                self._file = None
+        self.discard()
 
     def discard(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a flush that fails: the file goes anyway
+                self._file.close()
+            with contextlib.suppress(OSError):
+                self._temp.unlink(missing_ok=True)
             self._file = None
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.error = f"cannot write {self.path}: {reason}"
 
 
 def _open_input(name: str) -> IO[bytes]:
-    """The file, or standard input copied to a temporary file (it is read twice)."""
+    """The file, or standard input, or a pipe (``<(zcat events.gz)``) copied to a temporary
+    file: it is read twice."""
     if name == "-":
-        spooled = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
-        shutil.copyfileobj(sys.stdin.buffer, spooled)
-        spooled.seek(0)
-        return spooled
+        stdin = sys.stdin  # None when the process started with descriptor 0 closed
+        if stdin is None:
+            raise CommandError(
+                "cannot read standard input: it is closed (give a FILE, or pipe the lines in)",
+                EXIT_USAGE,
+            )
+        return _copied(getattr(stdin, "buffer", stdin), "standard input")
     try:
-        return open(name, "rb")
+        stream = open(name, "rb")  # noqa: SIM115 - closed by the caller
     except OSError as exc:
         raise CommandError(f"cannot read {name}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if stream.seekable():
+        return stream
+    with stream:
+        return _copied(stream, name)
+
+
+def _copied(source: IO[Any], name: str) -> IO[bytes]:
+    """What ``source`` holds, in a temporary file; CommandError if it is closed or unreadable."""
+    try:
+        spooled = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        reason = _os_reason(exc)
+        raise CommandError(f"cannot make a temporary file for {name}: {reason}") from None
+    try:
+        while True:
+            try:
+                chunk = source.read(65536)
+            except (OSError, ValueError) as exc:  # EBADF, EIO, not readable, closed...
+                closed = isinstance(exc, ValueError) and not isinstance(exc, OSError)
+                reason = "it is closed" if closed else _os_reason(exc)
+                if isinstance(exc, io.UnsupportedOperation):
+                    reason = "it is not open for reading"
+                raise CommandError(f"cannot read {name}: {reason}", EXIT_USAGE) from None
+            if not chunk:
+                break
+            if isinstance(chunk, str):  # a text stream standing in for sys.stdin
+                chunk = chunk.encode("utf-8", "surrogateescape")
+            try:
+                spooled.write(chunk)
+            except OSError as exc:  # ENOSPC in $TMPDIR
+                raise CommandError(
+                    f"cannot copy {name} to a temporary file: {_os_reason(exc)}"
+                ) from None
+        spooled.seek(0)
+    except BaseException:
+        spooled.close()
+        raise
+    return spooled
 
 
 def import_file(args: argparse.Namespace) -> int:
@@ -398,21 +489,21 @@ def import_file(args: argparse.Namespace) -> int:
     _log(args.verbose)
     failed_path = Path(args.failed_file) if args.failed_file else None
     client = make_client(args, flush_at=2500)  # the client also cuts batches at 500 KB
-    shown = "stdin" if args.file == "-" else args.file
+    shown = _source_name(args.file)
     with _open_input(args.file) as stream:
         # 1. Validate every line with the SDK's own checks before sending anything.
         validator = Analytics(disable=True)
-        bad: dict[int, str] = {}
+        bad: set[int] = set()
         total = 0
         for number, text in _lines(stream):
             try:
                 _check_line(validator, text)
             except LineError as exc:
-                bad[number] = str(exc)
+                if len(bad) < MAX_REPORTED_LINES:  # the others are only counted
+                    print(f"{shown}:{number}: {_problem(exc)}", file=sys.stderr)
+                bad.add(number)
             else:
                 total += 1
-        for number, problem in list(bad.items())[:MAX_REPORTED_LINES]:
-            print(f"{shown}:{number}: {problem}", file=sys.stderr)
         if len(bad) > MAX_REPORTED_LINES:
             print(f"... and {len(bad) - MAX_REPORTED_LINES} more invalid lines", file=sys.stderr)
         if bad and not args.skip_invalid:
@@ -434,13 +525,16 @@ def _send_lines(
     client: Analytics,
     stream: IO[bytes],
     total: int,
-    bad: dict[int, str],
+    bad: set[int],
     failed_path: Path | None,
 ) -> int:
     progress = Progress(total, sys.stderr, enabled=not args.quiet)
     failed = _FailedFile(failed_path)
     sent = 0
+    # Why messages were not delivered -> how many; a server may word every answer differently,
+    # so beyond MAX_REPORTED_REASONS distinct reasons the rest are counted together.
     errors: dict[str, int] = {}
+    other_errors = 0
 
     def on_request(info: RequestInfo) -> None:
         nonlocal sent
@@ -449,23 +543,28 @@ def _send_lines(
             progress.update(sent, failed.count)
 
     def on_error(error: DeliveryError, messages: list[dict[str, Any]]) -> None:
+        nonlocal other_errors
         failed.write(messages)
         reason = _describe_error(error)
-        errors[reason] = errors.get(reason, 0) + len(messages)
+        if reason in errors or len(errors) < MAX_REPORTED_REASONS:
+            errors[reason] = errors.get(reason, 0) + len(messages)
+        else:
+            other_errors += len(messages)
         progress.update(sent, failed.count)
 
     client.on_request, client.on_error = on_request, on_error
     # No deadline unless asked: a bulk import should wait out a 429's Retry-After.
     timeout: float | None = args.timeout
     handed = 0
-    late: list[str] = []
+    late: list[str] = []  # the first MAX_REPORTED_LINES lines found invalid only now
+    late_count = 0
     try:
         for number, text in _lines(stream):
             if number in bad:
                 continue
             try:
-                if text is None:
-                    raise LineError("not UTF-8 text")
+                if isinstance(text, LineError):
+                    raise text
                 kind, kwargs = parse_line(text)
                 if timeout is None:
                     _call(client, kind)(**kwargs)
@@ -473,7 +572,9 @@ def _send_lines(
                     with client.deadline(timeout):  # for the batch this call may send
                         _call(client, kind)(**kwargs)
             except (LineError, AnalyticsError) as exc:  # the file changed since the check?
-                late.append(f"{number}: {exc}")
+                late_count += 1
+                if len(late) < MAX_REPORTED_LINES:
+                    late.append(f"{number}: {_problem(exc)}")
                 continue
             handed += 1
         with client.deadline(timeout):
@@ -486,6 +587,8 @@ def _send_lines(
             f"interrupted: {sent} sent, {failed.count} failed, {unsent} read but not sent, "
             f"{total - handed} not read"
         )
+        if failed.error is not None:
+            _fail(f"{PROG}: error: {failed.error}: {failed.count} undelivered messages not kept")
         return EXIT_INTERRUPTED
     except BaseException:
         failed.discard()
@@ -493,26 +596,44 @@ def _send_lines(
     progress.update(sent, failed.count, final=True)
     failed.commit()
     elapsed = time.monotonic() - progress.started
+    shown = _source_name(args.file)
     for line in late:
-        print(f"{'stdin' if args.file == '-' else args.file}:{line}", file=sys.stderr)
+        print(f"{shown}:{line}", file=sys.stderr)
+    if late_count > len(late):
+        print(f"... and {late_count - len(late)} more invalid lines", file=sys.stderr)
     for reason, count in errors.items():
         print(f"not delivered ({count} messages): {reason}", file=sys.stderr)
+    if other_errors:
+        print(f"not delivered ({other_errors} messages): other reasons", file=sys.stderr)
     others = handed - sent - failed.count  # kept in the spool (ANALYTICS_SPOOL_DIR)
     summary = f"sent {sent}, failed {failed.count}"
     if others > 0:
         summary += f", spooled {others}"
-    if bad or late:
-        summary += f", skipped {len(bad) + len(late)} invalid"
+    if bad or late_count:
+        summary += f", skipped {len(bad) + late_count} invalid"
     rate = sent / elapsed if elapsed > 0 else 0.0
     print(f"{summary} in {elapsed:.2f} s ({rate:,.0f} events/s)")
-    if failed.count and failed_path is not None:
+    if failed.error is not None:
+        _fail(f"{PROG}: error: {failed.error}: {failed.count} undelivered messages not kept")
+    elif failed.count and failed_path is not None:
         print(
             f"{failed.count} undelivered messages written to {failed_path}; "
             f"resend them with: {PROG} import {failed_path}"
         )
     elif failed.count:
         print("pass --failed-file PATH to keep undelivered messages for a resend", file=sys.stderr)
-    return EXIT_FAILED if failed.count or late else 0
+    return EXIT_FAILED if failed.count or late_count else 0
+
+
+def _source_name(name: str) -> str:
+    """How the input is named at the start of a line's error: ``stdin`` or its path."""
+    return "stdin" if name == "-" else _one_line(name, 2 * SHOWN_PROBLEM)
+
+
+def _problem(error: BaseException) -> str:
+    """What is wrong with a line, in one line of bounded length whatever the line held: the
+    start (the field) and the end (the problem) kept, a long value cut out of the middle."""
+    return _one_line(str(error), SHOWN_PROBLEM)
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -573,9 +694,10 @@ def demo(handler_spec: str, timeout: float) -> int:
         for request in collector.requests:
             batch = (request.payload or {}).get("batch", [])
             print(f"  HTTP {request.status}, {len(request.body)} bytes, {len(batch)} messages")
-            for message in batch:
-                what = message.get("event") or message.get("traits") or ""
-                print(f"    {message['type']:<8} {message.get('userId', '-'):<8} {what}")
+            for message in batch:  # any local process may post to the collector: escaped
+                kind, user = (_one_line(str(message.get(k) or "-"), 40) for k in ("type", "userId"))
+                what = _one_line(str(message.get("event") or message.get("traits") or ""), 200)
+                print(f"    {kind:<8} {user:<8} {what}")
         expected = sum(len(e.get("items", [])) + 2 for e in DEMO_EVENTS)
         received = len(collector.messages)
     print(f"\n{received} of {expected} events arrived")
@@ -692,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lambda-analytics``; returns the exit status."""
+    _stand_in_for_closed_streams()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "collector":
@@ -700,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return collector_main(rest)
     if rest:
         where = f"{PROG} {args.command}"
-        _fail(f"{where}: error: unrecognized arguments: {' '.join(rest)} (see {where} --help)")
+        extra = _one_line(" ".join(rest), SHOWN_PROBLEM)
+        _fail(f"{where}: error: unrecognized arguments: {extra} (see {where} --help)")
         return EXIT_USAGE
     try:
         if args.command == "demo":
@@ -725,10 +849,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _stand_in_for_closed_streams() -> None:
+    """Started with descriptor 1 or 2 closed, Python sets ``sys.stdout``/``sys.stderr`` to
+    None: what would go there is dropped (``os.devnull``), never raised as AttributeError.
+    (A closed standard input is reported by ``import -``, the one command that reads it.)"""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+
+
 def _fail(line: str) -> None:
-    with contextlib.suppress(OSError):
+    """``line`` on standard error: one line, control characters escaped."""
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    print(line, file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):  # stderr gone too: nowhere left to say it
+        print(_escape(line), file=sys.stderr, flush=True)
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -737,8 +872,35 @@ def _os_reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def _clip(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+def _clip(text: object, limit: int = 60) -> str:
+    """A value echoed in an error: its repr (escaped, quoted), at most ``limit`` characters of
+    it (the repr of a 40 MB string is never built)."""
+    if isinstance(text, str):
+        return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+    shown = reprlib.repr(text)  # bounded: a few items of a list, a few characters of a string
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _one_line(text: str, limit: int, *, middle: bool = True) -> str:
+    """``text`` fit for one line of a terminal, however long and whatever it holds: escaped
+    (``_escape``), at most ``limit`` characters of it, cut out of the middle (``middle``: the
+    start and the end are kept) or off the end, marked ``...``."""
+    if len(text) <= limit:
+        shown = _escape(text)
+        if len(shown) <= limit:
+            return shown
+    if not middle:
+        return _escape(text[:limit])[:limit] + "..."
+    head, tail = limit // 2, limit - limit // 2
+    return f"{_escape(text[:head])[:head]}...{_escape(text[-tail:])[-tail:]}"
+
+
+def _escape(text: str) -> str:
+    """Each control or other non-printing character (escape sequences, line ends, a lone
+    surrogate) as its Python escape: what the text says reaches the terminal, not what it does."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 if __name__ == "__main__":
