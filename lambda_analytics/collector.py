@@ -808,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     until = "Ctrl-C" if args.duration is None else f"{args.duration:g} s or Ctrl-C"
     print(f"Collecting at {collector.url}{_escape(args.path)} ({auth}); use host {collector.url}")
     print(f"Running until {until}.", flush=True)
+    _stop_on_signals()
     try:
         while args.duration is None:
             time.sleep(3600)  # sleep, unlike Event.wait, is interruptible on every platform
@@ -822,6 +823,21 @@ def main(argv: list[str] | None = None) -> int:
         f" ({collector.refused_connection_count} turned away: too many at once)"
     )
     return 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM end the run with its summary.
+
+    A process started in the background by a non-interactive shell inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt: "Running until Ctrl-C" would never end.
+    """
+    import signal
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

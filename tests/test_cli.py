@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -399,14 +400,27 @@ def test_import_draws_a_progress_bar_on_a_terminal(collector: Collector, tmp_pat
 # -- collector and demo -----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def stopped_at_exit(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """``process``, killed if the block fails: Popen's own ``with`` would wait for it forever."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
 def test_collector_subcommand_counts_what_arrives() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    with subprocess.Popen(
-        [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        text=True,
+    with stopped_at_exit(
+        subprocess.Popen(
+            [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            text=True,
+        )
     ) as server:
         assert server.stdout is not None
         banner = server.stdout.readline()  # Collecting at http://127.0.0.1:PORT/v1/batch ...

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import WRITE_KEY
 from hostile_server import HostileServer
-from test_cli import run, to, track_lines, write_jsonl
+from test_cli import run, stopped_at_exit, to, track_lines, write_jsonl
 
 from lambda_analytics import cli
 from lambda_analytics.collector import Collector
@@ -501,11 +501,13 @@ def exchange(sock: socket.socket, request: bytes) -> bytes:
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the peak RSS from /proc")
 def test_the_collector_subcommand_escapes_what_it_prints_and_keeps_no_refused_bodies() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    with subprocess.Popen(
-        [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**env, "PYTHONUNBUFFERED": "1"},
+    with stopped_at_exit(
+        subprocess.Popen(
+            [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+        )
     ) as server:
         assert server.stdout is not None
         banner = server.stdout.readline().decode()
