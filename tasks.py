@@ -42,6 +42,7 @@ MATRIX_SKIP = (
     "tests/test_example_gcf.py",
     "tests/test_fuzz.py",
     "tests/test_oauth_server.py",
+    "tests/test_spark.py",
 )
 MY_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 

@@ -92,6 +92,10 @@ class RetryPolicy:
     def _fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle (Spark ships settings to executors) cannot set slots past __setattr__.
+        return (_rebuild, (self._fields(),))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RetryPolicy) and self._fields() == other._fields()
 
@@ -138,6 +142,10 @@ class RetryPolicy:
         if deadline is not None and now + delay + self.min_attempt_time > deadline:
             return RetryDecision(False, delay, "the deadline leaves no time to retry", True)
         return RetryDecision(True, delay)
+
+
+def _rebuild(fields: dict[str, Any]) -> RetryPolicy:
+    return RetryPolicy(**fields)
 
 
 def parse_retry_after(value: str, wall_now: float) -> float | None:

@@ -20,6 +20,7 @@ NEEDS_ELSEWHERE = (
     "functions_framework",
     "private.pem",
     "127.0.0.1:8765",
+    "lambda_analytics.spark",  # run by tests/test_spark.py, on a Spark session
 )
 BLOCKS = [
     block
