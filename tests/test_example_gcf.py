@@ -109,11 +109,11 @@ def serve(collector: Collector, log: IO[str]) -> Iterator[int]:
     finally:
         process.send_signal(signal.SIGINT)  # gunicorn: quick shutdown of master and workers
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=15)  # seconds on a loaded 2-core machine, not a bug
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        stop = time.monotonic() + 5
+        stop = time.monotonic() + 10
         while group_alive(process.pid) and time.monotonic() < stop:
             time.sleep(0.02)  # the worker notices its master is gone
         if group_alive(process.pid):
