@@ -10,7 +10,9 @@ bits), and a half-written file is real (``RLIMIT_FSIZE``).  An ``OSError`` or
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -381,7 +384,56 @@ SCRIPT = textwrap.dedent(
 ).format(key=WRITE_KEY)
 
 
+def run_as_nobody(spool: Path, host: str, ids: list[str]) -> list[Any]:
+    """SCRIPT in a forked child that dropped to uid 65534.
+
+    Forked, not exec'd: the interpreter may live where that user cannot execute it (a pyenv
+    build under /root, behind a venv's symlink).
+    """
+    # Import here what the child will need: as uid 65534 it may not read the standard library.
+    import email.utils
+
+    import urllib3
+
+    import lambda_analytics.spool
+
+    with contextlib.suppress(urllib3.exceptions.HTTPError):  # lazy imports of a real request
+        urllib3.PoolManager().request("GET", host, retries=False, timeout=2.0)
+    assert email.utils and lambda_analytics.spool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.chdir("/")
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                sys.argv = ["-c", str(spool), host, *ids]
+                exec(SCRIPT, {"__name__": "__main__"})
+            os.write(write, out.getvalue().encode())
+            code = 0
+        except BaseException:
+            os.write(write, traceback.format_exc().encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, data.decode()
+    result: list[Any] = json.loads(data)
+    return result
+
+
 def run_script(spool: Path, host: str, ids: list[str], **popen: Any) -> list[Any]:
+    if popen.pop("as_nobody", False):
+        return run_as_nobody(spool, host, ids)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(spool), host, *ids],
@@ -392,6 +444,7 @@ def run_script(spool: Path, host: str, ids: list[str], **popen: Any) -> list[Any
     return result
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with the collector's thread
 def test_permission_denied_is_reported(collector: Collector) -> None:
     """Real EACCES: a 0500 directory, written by uid 65534 when the tests run as root."""
     base = Path(tempfile.mkdtemp(prefix="spool-eacces-"))
@@ -402,7 +455,7 @@ def test_permission_denied_is_reported(collector: Collector) -> None:
         popen: dict[str, Any] = {}
         if ROOT:
             os.chown(spool, NOBODY, NOBODY)
-            popen = {"user": NOBODY, "group": NOBODY, "extra_groups": [], "cwd": "/"}
+            popen = {"as_nobody": True}
         assert run_script(spool, DOWN, ["old-1"], **popen)[:3] == [0, 0, 1]
         spool.chmod(0o500)
         sent, failed, spooled, reports = run_script(spool, collector.url, ["new-1"], **popen)
