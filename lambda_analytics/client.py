@@ -338,7 +338,7 @@ class Analytics(Calls, Listening):
         """Middleware on a wire-format copy: it may change anything, callers' dicts stay."""
         copy: JSONDict = json.loads(data)
         chain: tuple[Callable[[JSONDict], object], ...] = (
-            *self._engine.hooks.before_queueing(),
+            *self._engine.hooks.before_queueing,
             *self._middleware,
             *scope.middleware,
         )

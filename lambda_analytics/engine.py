@@ -46,7 +46,7 @@ USER_AGENT: Final = f"lambda_analytics/{__version__}"
 class _Flight:
     """A batch sent and left in flight; the next flush reads its response."""
 
-    __slots__ = ("body_bytes", "headers", "items", "pending", "route", "started")
+    __slots__ = ("body_bytes", "headers", "items", "pending", "route")
 
     def __init__(
         self,
@@ -58,7 +58,6 @@ class _Flight:
     ) -> None:
         self.pending, self.items, self.route = pending, items, route
         self.headers, self.body_bytes = headers, body_bytes
-        self.started = time.monotonic()
 
 
 class Engine:

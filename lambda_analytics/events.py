@@ -63,10 +63,12 @@ class Hooks:
         "_listeners",
         "_lock",
         "_plugins",
+        "before_queueing",
         "listening",
         "on_call_after_close",
         "on_error",
         "on_request",
+        "plugins",
     )
 
     def __init__(
@@ -81,6 +83,10 @@ class Hooks:
         self._lock = threading.Lock()
         self._listeners: dict[str, tuple[Listener, ...]] = {}
         self._plugins: tuple[Plugin, ...] = ()
+        self.plugins: tuple[Plugin, ...] = ()
+        """Every registered plugin, in the order they run (kept up to date by register())."""
+        self.before_queueing: tuple[Plugin, ...] = ()
+        """The ``before`` then ``enrichment`` plugins: what runs before a message is queued."""
         self.listening = False
         """True once anything listens to message outcomes: the hot path skips them otherwise."""
 
@@ -162,16 +168,6 @@ class Hooks:
                 return plugin
         raise KeyError(f"no plugin named {name!r}")
 
-    @property
-    def plugins(self) -> tuple[Plugin, ...]:
-        """Every registered plugin, in the order they run."""
-        order = {kind: index for index, kind in enumerate(PLUGIN_TYPES)}
-        return tuple(sorted(self._plugins, key=lambda plugin: order[plugin.type]))
-
-    def before_queueing(self) -> tuple[Plugin, ...]:
-        """The ``before`` then ``enrichment`` plugins."""
-        return tuple(p for p in self.plugins if p.type in ("before", "enrichment"))
-
     def settled(self, message: dict[str, Any], error: DeliveryError | None) -> None:
         """One message's fate is known: tell its listeners and the destination/after plugins."""
         if error is None:
@@ -181,6 +177,9 @@ class Hooks:
                 safely(plugin, message, error)
 
     def _update(self) -> None:
+        # Derived once here, not on every call: the hot path reads them.
+        self.plugins = tuple(sorted(self._plugins, key=lambda p: PLUGIN_TYPES.index(p.type)))
+        self.before_queueing = tuple(p for p in self.plugins if p.type in ("before", "enrichment"))
         self.listening = any(self._listeners.get(kind) for kind in MESSAGE_EVENTS) or any(
             plugin.type in ("destination", "after") for plugin in self._plugins
         )
