@@ -55,7 +55,7 @@ def deliver(
     draw = random or _random
     number = retries = 0
     error: DeliveryError | None = None
-    free_resends = {"stale": False, "refresh": False}
+    resent_stale = refreshed = False  # one free resend of each kind
     while True:
         now = clock()
         left = None if deadline is None else deadline - now
@@ -81,16 +81,11 @@ def deliver(
         if error is None:
             assert response is not None
             return response
-        if isinstance(error, StaleConnectionError) and not free_resends["stale"]:
-            free_resends["stale"] = True
+        if isinstance(error, StaleConnectionError) and not resent_stale:
+            resent_stale = True
             continue
-        if (
-            response is not None
-            and refresh is not None
-            and not free_resends["refresh"]
-            and refresh(response)
-        ):
-            free_resends["refresh"] = True
+        if response is not None and refresh is not None and not refreshed and refresh(response):
+            refreshed = True
             continue
         if response is None and not isinstance(error, TransportError):
             return error  # no token, or out of time: another attempt would not help

@@ -198,11 +198,11 @@ def http_server() -> Iterator[Callable[[Callable[[str, bytes, int], tuple[int, A
 
 
 @functools.cache
-def private_key_pem() -> str:
+def private_key_pem(bits: int = 2048) -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

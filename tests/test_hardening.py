@@ -7,7 +7,6 @@ authenticating forward proxy); no mock of urllib3.
 from __future__ import annotations
 
 import base64
-import functools
 import http.client
 import logging
 import threading
@@ -145,19 +144,6 @@ def test_server_text_is_printable_and_never_echoes_the_assertion(
 # -- keys -----------------------------------------------------------------------------------------
 
 
-@functools.cache
-def weak_key_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-
-
 def test_a_pem_given_as_bytes_works(http_server: Serve) -> None:
     server = http_server(token_then_ok({"access_token": "tok", "expires_in": 60}))
     oauth = OAuthSettings("c", "k", private_key_pem().encode(), auth_server=server.url)
@@ -173,7 +159,7 @@ def test_a_pem_given_as_bytes_works(http_server: Serve) -> None:
 )  # fmt: skip
 def test_unusable_keys_are_refused_at_construction(key: Any, message: str, disable: bool) -> None:
     if key == "weak":
-        key = weak_key_pem()
+        key = private_key_pem(1024)
     oauth = OAuthSettings("c", "k", key, auth_server="http://127.0.0.1:9")
     with pytest.raises(ConfigurationError, match=message) as raised:
         Analytics(WRITE_KEY, host="http://127.0.0.1:9", oauth=oauth, disable=disable)
