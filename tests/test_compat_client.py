@@ -9,7 +9,7 @@ date values as ``isoformat()`` text, so one list serves both.  To capture it aga
 ``LAMBDA_ANALYTICS_INCUMBENT_PYTHON`` to an interpreter that has segment-analytics-python and
 :func:`test_the_expectations_are_what_the_incumbent_sends` runs it side by side.
 
-The differences allowed below are the ones the README's migration table documents: the
+The differences allowed below are the ones docs/migration/incumbent.md documents: the
 ``timestamp`` is UTC with a ``Z`` (the same instant as the incumbent's offset form),
 ``context.library`` names this SDK, and a field the incumbent sends as ``null`` is left out.
 """

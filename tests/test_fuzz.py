@@ -581,7 +581,8 @@ def test_a_datetime_that_overflows_utc_is_a_validation_error(
 
 
 def test_nesting_past_the_documented_cap_is_refused_the_same_on_every_python() -> None:
-    # README, "What counts as bad input": more than MAX_NESTING levels is refused at the call.
+    # docs/getting-started.md, "What counts as bad input": more than MAX_NESTING levels is
+    # refused at the call.
     # Without a cap, ~990 levels encoded on 3.11 and then failed to decode again (in the
     # collector: a 400 for the whole batch; in the SDK: RecursionError while reporting it).
     def nested(levels: int) -> Any:

@@ -1,4 +1,4 @@
-"""The Node SDK's habits, mapped (README, "From @segment/analytics-node"): one test per row.
+"""The Node SDK's habits, mapped (docs/migration/node.md): one test per row.
 
 Against the real collector on 127.0.0.1.
 """

@@ -14,7 +14,6 @@ import collections
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -25,13 +24,13 @@ from typing import Any
 
 import pytest
 from conftest import WRITE_KEY, missing_prerequisite
+from docs_snippets import DOCS, blocks
 from fault_server import FaultServer
 
 from lambda_analytics import RetryPolicy
 from lambda_analytics.collector import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 EXAMPLE = ROOT / "examples" / "spark"
 TIMEZONE = "Asia/Kolkata"
 
@@ -358,7 +357,7 @@ def test_sends_happen_once_however_the_result_is_used(spark: Any, tmp_path: Path
         assert collector.message_count == count == result.sent == 20
 
 
-# -- the example and the README ----------------------------------------------------------------
+# -- the example and the docs ------------------------------------------------------------------
 
 
 def test_the_example_runs_with_spark_submit(spark: Any, tmp_path: Path) -> None:
@@ -386,20 +385,14 @@ def test_the_example_runs_with_spark_submit(spark: Any, tmp_path: Path) -> None:
         assert time.monotonic() - started < 120
 
 
-def readme_spark_blocks() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Spark backfills\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-
-
-def test_the_readme_spark_snippet_runs(
+def test_the_docs_spark_snippet_runs(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    [block] = readme_spark_blocks()
+    [snippet] = [s for s in blocks(DOCS / "batching.md") if "lambda_analytics.spark" in s.code]
     monkeypatch.chdir(tmp_path)
     with Collector(write_key="test-key") as collector:
-        code = block.replace("http://127.0.0.1:8765", collector.url)
+        code = snippet.code.replace("http://127.0.0.1:8765", collector.url)
         code = code.replace('"failures"', repr(str(tmp_path / "failures")))  # the JVM's cwd differs
-        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+        exec(snippet.compiled(code), {"__name__": "docs"})
         assert sorted(m["properties"]["order_id"] for m in collector.messages) == ["o-1", "o-2"]
         assert collector.rejected_count == 0

@@ -8,7 +8,7 @@ one request before the handler returns or raises, ending before the deadline tha
 
 Settings come from ``ANALYTICS_*`` environment variables: ``ANALYTICS_WRITE_KEY`` (from Secrets
 Manager, see template.yaml), and optionally ``ANALYTICS_HOST``, ``ANALYTICS_MAX_RETRIES`` and
-the others listed in the README.  Run it locally with ``python3 tasks.py demo``.
+the others listed in docs/getting-started.md.  Run it locally with ``python3 tasks.py demo``.
 """
 
 from __future__ import annotations

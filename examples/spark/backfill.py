@@ -10,7 +10,7 @@ Locally, against the collector (``python -m lambda_analytics.collector --port 87
 Each order becomes one ``track`` call whose message id is derived from ``order_id``, so running
 the job again (or Spark re-running a task) sends the same ids and the backend deduplicates.
 What could not be delivered is written to ``--failures`` (Parquet); ``--resend`` sends it again.
-On AWS Glue, EMR Serverless and Databricks: see README.md beside this file.
+On AWS Glue, EMR Serverless and Databricks: see README.md beside this file and docs/batching.md.
 """
 
 from __future__ import annotations
