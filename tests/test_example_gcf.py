@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from conftest import missing_prerequisite
 
 from lambda_analytics.collector import Collector
 
@@ -33,9 +35,11 @@ SERVICE = "record-visit"
 COLLECTOR_DELAY = 0.3  # seconds the collector takes before it records and answers a batch
 READY_WITHIN = 10.0
 
-pytest.importorskip(
-    "functions_framework", reason="functions-framework is not installed (pip install -e '.[dev]')"
-)
+
+@pytest.fixture(autouse=True)
+def framework_installed() -> None:
+    if importlib.util.find_spec("functions_framework") is None:
+        missing_prerequisite("functions-framework is not installed (pip install -e '.[dev]')")
 
 
 class SlowCollector(Collector):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import missing_prerequisite
 
 from lambda_analytics.collector import Collector
 
@@ -43,12 +44,22 @@ def _tool(name: str) -> str | None:
 
 HAS_RUNNER = importlib.util.find_spec("lambda_local") is not None
 HAS_CFN_LINT = importlib.util.find_spec("cfnlint") is not None and _tool("cfn-lint") is not None
-needs_runner = pytest.mark.skipif(
-    not HAS_RUNNER, reason="python-lambda-local is not installed (pip install -e '.[dev]')"
-)
-needs_cfn_lint = pytest.mark.skipif(
-    not HAS_CFN_LINT, reason="cfn-lint is not installed (pip install -e '.[dev]')"
-)
+
+
+@pytest.fixture
+def runner() -> None:
+    if not HAS_RUNNER:
+        missing_prerequisite("python-lambda-local is not installed (pip install -e '.[dev]')")
+
+
+@pytest.fixture
+def cfn_lint() -> None:
+    if not HAS_CFN_LINT:
+        missing_prerequisite("cfn-lint is not installed (pip install -e '.[dev]')")
+
+
+needs_runner = pytest.mark.usefixtures("runner")
+needs_cfn_lint = pytest.mark.usefixtures("cfn_lint")
 
 
 def _clean_env() -> dict[str, str]:
