@@ -213,8 +213,12 @@ class Listening:
         self._hooks.register(*plugins)
 
     def deregister(self, *names: str) -> None:
-        """Remove plugins by name."""
+        """Remove plugins by name (an unknown name is a ``KeyError``)."""
         self._hooks.deregister(*names)
+
+    def plugin(self, name: str) -> Plugin:
+        """The registered plugin called ``name`` (a ``KeyError`` if there is none)."""
+        return self._hooks.plugin(name)
 
     @property
     def plugins(self) -> tuple[Plugin, ...]:

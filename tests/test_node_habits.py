@@ -178,11 +178,14 @@ def test_named_plugins_run_in_their_place_and_can_be_removed_by_name(
     refused = analytics.track(user_id="u", event="Refused")
     assert dropped.dropped and [m["event"] for m in collector.messages] == ["order completed"]
     assert outcomes.seen == [(kept.message_id, None), (refused.message_id, "HTTPStatusError")]
+    assert analytics.plugin("Outcomes") is outcomes
     analytics.deregister("Lowercase events", "Drop test users")
     analytics.track(user_id="test-2", event="Now Sent")
     assert [m["event"] for m in collector.messages][-1] == "Now Sent"
     with pytest.raises(KeyError):
         analytics.deregister("Lowercase events")
+    with pytest.raises(KeyError, match="no plugin named 'Lowercase events'"):
+        analytics.plugin("Lowercase events")
     with pytest.raises(ValueError, match="already registered"):
         analytics.register(Outcomes())
 
