@@ -126,15 +126,9 @@ class ExecutionContext:
         self.pending.append(work)
 
 
-@pytest.mark.parametrize("snippet", WORKERS, ids=ids(WORKERS))
-def test_workers_snippet_runs_against_a_stand_in_runtime(
-    snippet: Snippet,
-    docs_world: Callable[[str], str],
-    collector: Collector,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    stand_in(monkeypatch, "workers", WorkerEntrypoint=WorkerEntrypoint, Response=Response)
-    namespace = run(snippet, docs_world(snippet.code))
+def serve_worker(snippet: Snippet, code: str, collector: Collector) -> Response:
+    """One request to the snippet's Worker; ``waitUntil`` work is awaited after the response."""
+    namespace = run(snippet, code)
     ctx = ExecutionContext()
     env = types.SimpleNamespace(ANALYTICS_WRITE_KEY=WRITE_KEY)
 
@@ -148,29 +142,68 @@ def test_workers_snippet_runs_against_a_stand_in_runtime(
             assert sent_before_response == 0
         return response
 
-    response = asyncio.run(request())
-    assert [m["type"] for m in collector.messages] == ["track", "identify"]
-    assert len(collector.requests) == 1  # held, then one POST
-    assert response.body in ("ok", "sent 2")
+    return asyncio.run(request())
 
 
-def test_cloud_functions_snippet_runs_against_a_stand_in_framework(
-    docs_world: Callable[[str], str], collector: Collector, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    [snippet] = CLOUD_FUNCTIONS
+def call_cloud_function(snippet: Snippet, code: str, user: str) -> object:
+    """Load the snippet as functions-framework would, and call the function it registered."""
     registered: list[Callable[..., Any]] = []
 
     def http(function: Callable[..., Any]) -> Callable[..., Any]:
         registered.append(function)
         return function
 
-    stand_in(monkeypatch, "functions_framework", http=http)
-    namespace = run(snippet, docs_world(snippet.code))
-    [checkout] = registered
-    assert checkout is namespace["checkout"]
-    assert checkout(types.SimpleNamespace(args={"user": "u7"})) == "ok"
+    sys.modules["functions_framework"].http = http  # type: ignore[attr-defined]
+    namespace = run(snippet, code)
+    [function] = registered
+    assert function is namespace["checkout"]
+    return function(types.SimpleNamespace(args={"user": user}))
+
+
+@pytest.fixture
+def platforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for the platforms' modules, only as much of them as the snippets use."""
+    stand_in(monkeypatch, "workers", WorkerEntrypoint=WorkerEntrypoint, Response=Response)
+    stand_in(monkeypatch, "functions_framework")
+
+
+@pytest.mark.usefixtures("platforms")
+@pytest.mark.parametrize("snippet", WORKERS, ids=ids(WORKERS))
+def test_workers_snippet_runs_against_a_stand_in_runtime(
+    snippet: Snippet, docs_world: Callable[[str], str], collector: Collector
+) -> None:
+    response = serve_worker(snippet, docs_world(snippet.code), collector)
+    assert [m["type"] for m in collector.messages] == ["track", "identify"]
+    assert len(collector.requests) == 1  # held, then one POST
+    assert response.body in ("ok", "sent 2")
+
+
+@pytest.mark.usefixtures("platforms")
+def test_cloud_functions_snippet_runs_against_a_stand_in_framework(
+    docs_world: Callable[[str], str], collector: Collector
+) -> None:
+    [snippet] = CLOUD_FUNCTIONS
+    assert call_cloud_function(snippet, docs_world(snippet.code), "u7") == "ok"
     [message] = collector.messages
     assert (message["userId"], message["event"]) == ("u7", "Order Completed")
+
+
+@pytest.mark.usefixtures("platforms")
+@pytest.mark.parametrize("snippet", WORKERS + CLOUD_FUNCTIONS, ids=ids(WORKERS + CLOUD_FUNCTIONS))
+def test_a_platform_snippet_without_one_of_its_imports_fails(
+    snippet: Snippet, docs_world: Callable[[str], str], collector: Collector
+) -> None:
+    """What the stand-ins are for: each import line is needed, and its absence is caught."""
+    code = docs_world(snippet.code)
+    imports = [line for line in code.splitlines() if line.startswith(("import ", "from "))]
+    assert imports
+    for line in imports:
+        broken = code.replace(line + "\n", "", 1)
+        with pytest.raises(NameError):
+            if snippet in WORKERS:
+                serve_worker(snippet, broken, collector)
+            else:
+                call_cloud_function(snippet, broken, "u1")
 
 
 def test_oauth_snippet_gets_a_token_from_a_real_server(
