@@ -13,14 +13,12 @@ Create a client, or use the module-level default configured from ``ANALYTICS_*``
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .client import Analytics
-from .default import configure, get_client
+from .default import configure, delegate, get_client
 from .errors import (
     AnalyticsError,
     ClientClosedError,
@@ -93,28 +91,14 @@ __all__ = [
     "with_analytics",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _on_default(method: Callable[Concatenate[Analytics, P], R]) -> Callable[P, R]:
-    """A module-level function that calls ``method`` on the default client, same signature."""
-
-    @functools.wraps(method)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        return method(get_client(), *args, **kwargs)
-
-    return call
-
-
-identify = _on_default(Analytics.identify)
-track = _on_default(Analytics.track)
-page = _on_default(Analytics.page)
-screen = _on_default(Analytics.screen)
-group = _on_default(Analytics.group)
-alias = _on_default(Analytics.alias)
-flush = _on_default(Analytics.flush)
-close = _on_default(Analytics.close)
+identify = delegate(get_client, Analytics.identify)
+track = delegate(get_client, Analytics.track)
+page = delegate(get_client, Analytics.page)
+screen = delegate(get_client, Analytics.screen)
+group = delegate(get_client, Analytics.group)
+alias = delegate(get_client, Analytics.alias)
+flush = delegate(get_client, Analytics.flush)
+close = delegate(get_client, Analytics.close)
 
 
 def __getattr__(name: str) -> Any:

@@ -25,12 +25,10 @@ safe choice in a function that may be frozen after it returns).  Underneath it i
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
 
 from ._compat_client import Client, Message
+from .default import delegate
 from .outcome import ErrorHook
 from .results import FlushResult
 
@@ -89,28 +87,14 @@ def _get() -> Client:
     return default_client
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _on_default(method: Callable[Concatenate[Client, P], R]) -> Callable[P, R]:
-    """A module-level function calling ``method`` on ``default_client``, same signature."""
-
-    @functools.wraps(method)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        return method(_get(), *args, **kwargs)
-
-    return call
-
-
-identify = _on_default(Client.identify)
-track = _on_default(Client.track)
-group = _on_default(Client.group)
-alias = _on_default(Client.alias)
-page = _on_default(Client.page)
-screen = _on_default(Client.screen)
-flush = _on_default(Client.flush)
-join = _on_default(Client.join)
+identify = delegate(_get, Client.identify)
+track = delegate(_get, Client.track)
+group = delegate(_get, Client.group)
+alias = delegate(_get, Client.alias)
+page = delegate(_get, Client.page)
+screen = delegate(_get, Client.screen)
+flush = delegate(_get, Client.flush)
+join = delegate(_get, Client.join)
 
 
 def shutdown() -> FlushResult:

@@ -6,14 +6,18 @@ helpers install a client of their own with :func:`swap` and put the previous one
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .client import Analytics
 
 OnConfigure = Callable[[Analytics, "Analytics | None"], Analytics]
+C = TypeVar("C")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _lock = threading.Lock()
 _client: Analytics | None = None
@@ -80,3 +84,13 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+def delegate(get: Callable[[], C], method: Callable[Concatenate[C, P], R]) -> Callable[P, R]:
+    """A module-level function calling ``method`` on ``get()``, with the method's signature."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return method(get(), *args, **kwargs)
+
+    return call

@@ -160,6 +160,21 @@ def test_user_mistakes_are_one_line_errors(collector: Collector, tmp_path: Path)
     assert collector.request_count == 0
 
 
+def main_in_process(
+    args: list[str], collector: Collector, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[object, str, str]:  # fmt: skip
+    """``cli.main(args)`` in this process, sending to ``collector``: (status, stdout, stderr)."""
+    for name, value in to(collector).items():
+        monkeypatch.setenv(name, value)
+    try:
+        status: object = cli.main(args)
+    except SystemExit as stopped:  # argparse's usage errors
+        status = stopped.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.mark.parametrize(
     ("args", "parts"),
     [
@@ -184,13 +199,7 @@ def test_more_mistakes_in_process(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     """The same one-line rule, without an interpreter start per case."""
-    for name, value in to(collector).items():
-        monkeypatch.setenv(name, value)
-    try:
-        status = cli.main(args)
-    except SystemExit as stopped:  # argparse's usage errors
-        status = stopped.code  # type: ignore[assignment]
-    out, err = capsys.readouterr()
+    status, out, err = main_in_process(args, collector, monkeypatch, capsys)
     assert status in (1, 2) and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lambda-analytics"), err
@@ -411,20 +420,24 @@ def stopped_at_exit(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen
         process.communicate(timeout=30)
 
 
-def test_collector_subcommand_counts_what_arrives() -> None:
+@contextlib.contextmanager
+def collector_command(*, text: bool) -> Iterator[tuple[subprocess.Popen[Any], str]]:
+    """``lambda-analytics collector --port 0`` running, and the base URL its banner gives."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    with stopped_at_exit(
-        subprocess.Popen(
-            [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**env, "PYTHONUNBUFFERED": "1"},
-            text=True,
-        )
-    ) as server:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    with stopped_at_exit(process) as server:
         assert server.stdout is not None
         banner = server.stdout.readline()  # Collecting at http://127.0.0.1:PORT/v1/batch ...
-        url = banner.split()[2].removesuffix("/v1/batch")
+        line = banner if isinstance(banner, str) else banner.decode()
+        yield server, line.split()[2].removesuffix("/v1/batch")
+
+
+def test_collector_subcommand_counts_what_arrives() -> None:
+    with collector_command(text=True) as (server, url):
         sent = run(
             "track", "--user-id", "u1", "--event", "Live", "--write-key", "any", "--host", url
         )

@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 from conftest import WRITE_KEY
 from hostile_server import HostileServer
-from test_cli import run, stopped_at_exit, to, track_lines, write_jsonl
+from test_cli import (
+    collector_command,
+    main_in_process,
+    run,
+    to,
+    track_lines,
+    write_jsonl,
+)
 
 from lambda_analytics import cli
 from lambda_analytics.collector import Collector
@@ -262,13 +269,7 @@ def test_command_line_values_are_clipped_and_escaped_in_errors(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name, value in to(collector).items():
-        monkeypatch.setenv(name, value)
-    try:
-        status = cli.main(args)
-    except SystemExit as stopped:  # argparse's usage errors
-        status = stopped.code  # type: ignore[assignment]
-    out, err = capsys.readouterr()
+    status, out, err = main_in_process(args, collector, monkeypatch, capsys)
     assert status == 2 and out == ""
     assert len(err.splitlines()) == 1 and part in err, err[:1000]
     assert_clean(err)
@@ -500,18 +501,7 @@ def exchange(sock: socket.socket, request: bytes) -> bytes:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the peak RSS from /proc")
 def test_the_collector_subcommand_escapes_what_it_prints_and_keeps_no_refused_bodies() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    with stopped_at_exit(
-        subprocess.Popen(
-            [sys.executable, "-m", "lambda_analytics", "collector", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**env, "PYTHONUNBUFFERED": "1"},
-        )
-    ) as server:
-        assert server.stdout is not None
-        banner = server.stdout.readline().decode()
-        url = banner.split()[2].removesuffix("/v1/batch")
+    with collector_command(text=False) as (server, url):
         port = int(url.rsplit(":", 1)[1])
         hijack = "\x1b]0;owned\x07\x1b[2J\r"
         message = {"type": "track", "userId": "u1", "event": hijack + "Live", "messageId": "m1",
